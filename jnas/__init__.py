@@ -1,0 +1,39 @@
+"""jnas: differentiable neural architecture search in JAX.
+
+The search algorithms are pure transforms over `loss_fn(w, alpha, batch)` and any pytrees:
+
+>>> import jnas
+>>> val_loss, dalpha = jnas.darts_hypergrad(loss_fn, w, alpha, train_batch, val_batch, lr=0.025)
+"""
+
+from jnas.errors import JnasError
+from jnas.genotype import (
+    DARTS_V1,
+    DARTS_V2,
+    PRIMITIVES,
+    Genotype,
+    derive_genotype,
+    load_genotype,
+    save_genotype,
+    validate_genotype,
+)
+from jnas.spaces import SearchCell, SearchNetwork
+from jnas.transforms import darts_hypergrad, unrolled_step
+
+__all__ = [
+    "DARTS_V1",
+    "DARTS_V2",
+    "PRIMITIVES",
+    "Genotype",
+    "JnasError",
+    "SearchCell",
+    "SearchNetwork",
+    "darts_hypergrad",
+    "derive_genotype",
+    "load_genotype",
+    "save_genotype",
+    "unrolled_step",
+    "validate_genotype",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,388 @@
+"""Discrete architectures (genotypes): derivation from alpha, validation, JSON files.
+
+Conventions follow DARTS (Liu et al., 2019). A cell has 2 input states (0 and 1: the outputs of
+the previous two cells) and `steps` intermediate nodes; node i is state i + 2 and has an edge
+from every earlier state j in 0..i+1. Edges are numbered node by node, inputs in order, so the
+edge from state j into node i is row `sum_{k<i}(k + 2) + j` of an alpha matrix.
+
+A genotype keeps 2 incoming edges per node, as `(op_name, input_state)` pairs listed node by
+node, plus the intermediate states whose concatenation is the cell output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jnas.errors import JnasError
+
+PRIMITIVES = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+CELL_TYPES = ("normal", "reduce")
+_DICT_KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
+
+
+class Genotype(NamedTuple):
+    """A discrete architecture: 2 chosen `(op_name, input_state)` edges per node, per cell."""
+
+    normal: tuple[tuple[str, int], ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[tuple[str, int], ...]
+    reduce_concat: tuple[int, ...]
+
+
+def num_edges(steps: int) -> int:
+    """Number of edges (alpha rows) in a cell with `steps` intermediate nodes: 14 for 4."""
+    if not _is_int(steps) or steps < 1:
+        raise JnasError(f"steps must be a positive int, got {steps!r}")
+    # Node i has i + 2 inputs, so the total is sum_{i<steps}(i + 2).
+    return steps * (steps + 3) // 2
+
+
+def _steps_for_edges(edges: int) -> int | None:
+    """Inverse of num_edges, or None when no cell has exactly that many edges."""
+    steps = 1
+    while num_edges(steps) < edges:
+        steps += 1
+    return steps if num_edges(steps) == edges else None
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but True as an input index is surely a mistake.
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def alpha_weights(
+    alpha: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES, steps: int | None = None
+) -> dict[str, np.ndarray]:
+    """Softmax over ops of each edge, per cell, as float64 numpy arrays (edges, ops).
+
+    Checks the shapes first so a wrong alpha fails with a message instead of a broadcast error.
+    With `steps=None` the number of nodes is inferred from the number of rows.
+    """
+    if not isinstance(alpha, Mapping):
+        raise JnasError(
+            f"alpha must be a mapping {{'normal': array, 'reduce': array}}, got "
+            f"{type(alpha).__name__}"
+        )
+    num_ops = len(primitives)
+    weights = {}
+    for cell in CELL_TYPES:
+        if cell not in alpha:
+            raise JnasError(
+                f"alpha has no {cell!r} entry (keys: {sorted(alpha)}); it needs both 'normal' "
+                "and 'reduce' arrays of shape (edges, ops)"
+            )
+        a = np.asarray(alpha[cell], dtype=np.float64)
+        rows = num_edges(steps) if steps is not None else None
+        if rows is None and a.ndim == 2:
+            if _steps_for_edges(a.shape[0]) is None:
+                raise JnasError(
+                    f"alpha[{cell!r}] has {a.shape[0]} rows, which is no cell's edge count "
+                    "(2, 5, 9, 14, ... for 1, 2, 3, 4, ... nodes)"
+                )
+            rows = a.shape[0]
+        expected = (rows if rows is not None else "edges", num_ops)
+        if a.ndim != 2 or a.shape != expected:
+            raise JnasError(
+                f"alpha[{cell!r}] has shape {a.shape}, expected {expected} "
+                f"(num_edges(steps), len(primitives)); check steps and primitives"
+            )
+        if not np.all(np.isfinite(a)):
+            raise JnasError(
+                f"alpha[{cell!r}] contains NaN or inf; the search diverged (lower the "
+                "architecture learning rate or check the loss)"
+            )
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        weights[cell] = e / e.sum(axis=1, keepdims=True)
+    steps_by_cell = {cell: _steps_for_edges(w.shape[0]) for cell, w in weights.items()}
+    if steps_by_cell["normal"] != steps_by_cell["reduce"]:
+        raise JnasError(
+            f"alpha['normal'] has {weights['normal'].shape[0]} rows but alpha['reduce'] has "
+            f"{weights['reduce'].shape[0]}; both cells must have the same number of nodes"
+        )
+    return weights
+
+
+def _parse_cell(weights: np.ndarray, primitives: Sequence[str], steps: int) -> list:
+    """Keep the 2 strongest incoming edges of each node, each with its best non-'none' op."""
+    usable = np.array([op != "none" for op in primitives])
+    if not usable.any():
+        raise JnasError("primitives has no op other than 'none'; a genotype needs a real op")
+    # Masking 'none' to -inf ranks edges and picks ops among real ops only; 'none' is the
+    # relaxation's "no edge", so a large 'none' weight must not decide the architecture.
+    masked = np.where(usable, weights, -np.inf)
+    gene = []
+    start = 0
+    for node in range(steps):
+        rows = masked[start : start + node + 2]
+        strength = rows.max(axis=1)
+        # Stable sort keeps the lower input index first on ties, as the official code does.
+        kept = np.argsort(-strength, kind="stable")[:2]
+        for j in kept:
+            gene.append((primitives[int(np.argmax(rows[j]))], int(j)))
+        start += node + 2
+    return gene
+
+
+def derive_genotype(
+    alpha: Mapping[str, Any],
+    primitives: Sequence[str] = PRIMITIVES,
+    steps: int = 4,
+    multiplier: int = 4,
+) -> Genotype:
+    """Discretise alpha with DARTS's rule: per node, the 2 strongest edges and their best op.
+
+    An edge's strength is its largest softmax weight over ops other than 'none'. The two kept
+    edges of a node are listed strongest first. The cell output concatenates the last
+    `multiplier` nodes.
+    """
+    weights = alpha_weights(alpha, primitives, steps)  # also checks steps
+    if not _is_int(multiplier) or not 1 <= multiplier <= steps:
+        raise JnasError(f"multiplier must be an int in 1..steps={steps}, got {multiplier!r}")
+    primitives = tuple(primitives)
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    return Genotype(
+        normal=tuple(_parse_cell(weights["normal"], primitives, steps)),
+        normal_concat=concat,
+        reduce=tuple(_parse_cell(weights["reduce"], primitives, steps)),
+        reduce_concat=concat,
+    )
+
+
+def _check_cell(name: str, edges: Any, primitives: Sequence[str] | None) -> tuple:
+    """Normalise one cell's edge list; `primitives=None` skips the known-op check."""
+    if isinstance(edges, str | bytes) or not isinstance(edges, Sequence):
+        raise JnasError(
+            f"{name} must be a list of [op_name, input_index] pairs, got {type(edges).__name__}"
+        )
+    if len(edges) < 2 or len(edges) % 2:
+        raise JnasError(
+            f"{name} has {len(edges)} edges; a genotype needs exactly 2 edges per node "
+            "(an even count >= 2)"
+        )
+    out = []
+    for k, entry in enumerate(edges):
+        node = k // 2
+        if (
+            isinstance(entry, str | bytes)
+            or not isinstance(entry, Sequence)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not _is_int(entry[1])
+        ):
+            raise JnasError(
+                f"{name} edge {k} is {entry!r}; each edge must be an [op_name, input_index] "
+                "pair such as ['sep_conv_3x3', 0]"
+            )
+        op, src = entry[0], int(entry[1])
+        if op == "none":
+            raise JnasError(
+                f"{name} edge {k} (node {node}) chooses 'none', which means no edge; "
+                "pick a real op for it"
+            )
+        if primitives is not None and op not in primitives:
+            known = ", ".join(p for p in primitives if p != "none")
+            raise JnasError(f"{name} edge {k} uses unknown op {op!r}; known ops: {known}")
+        if not 0 <= src <= node + 1:
+            raise JnasError(
+                f"{name} node {node} (edge {k}) takes input {src}, but node {node} can only "
+                f"take inputs 0..{node + 1} (the 2 cell inputs and earlier nodes)"
+            )
+        out.append((op, src))
+    return tuple(out)
+
+
+def _check_concat(name: str, concat: Any, steps: int) -> tuple[int, ...]:
+    """Normalise a concat list: distinct intermediate states 2..steps+1."""
+    if (
+        isinstance(concat, str | bytes)
+        or not isinstance(concat, Sequence)
+        or not all(_is_int(c) for c in concat)
+    ):
+        raise JnasError(f"{name} must be a list of ints such as [2, 3, 4, 5], got {concat!r}")
+    concat = tuple(int(c) for c in concat)
+    if not concat:
+        raise JnasError(f"{name} is empty; list the node states that form the cell output")
+    for c in concat:
+        if not 2 <= c <= steps + 1:
+            raise JnasError(
+                f"{name} has index {c}; concat indices must be intermediate states "
+                f"2..{steps + 1} for a cell with {steps} nodes"
+            )
+    if len(set(concat)) != len(concat):
+        raise JnasError(f"{name} repeats a state: {list(concat)}; list each state once")
+    return concat
+
+
+def _normalise(genotype: Any, primitives: Sequence[str] | None) -> Genotype:
+    fields = {}
+    for key in _DICT_KEYS:
+        if not hasattr(genotype, key):
+            raise JnasError(
+                f"expected a Genotype with fields {', '.join(_DICT_KEYS)}, got "
+                f"{type(genotype).__name__}; use genotype_from_dict for a dict"
+            )
+        fields[key] = getattr(genotype, key)
+    normal = _check_cell("normal", fields["normal"], primitives)
+    reduce = _check_cell("reduce", fields["reduce"], primitives)
+    if len(normal) != len(reduce):
+        raise JnasError(
+            f"normal has {len(normal)} edges ({len(normal) // 2} nodes) but reduce has "
+            f"{len(reduce)} ({len(reduce) // 2} nodes); both cells must have the same steps"
+        )
+    steps = len(normal) // 2
+    return Genotype(
+        normal=normal,
+        normal_concat=_check_concat("normal_concat", fields["normal_concat"], steps),
+        reduce=reduce,
+        reduce_concat=_check_concat("reduce_concat", fields["reduce_concat"], steps),
+    )
+
+
+def validate_genotype(
+    genotype: Any, primitives: Sequence[str] | None = PRIMITIVES
+) -> Genotype:
+    """Return `genotype` as a normalised Genotype (tuples, ints), or raise JnasError.
+
+    `primitives=None` checks the structure only and accepts any op name but 'none', for
+    callers (saving, plotting) that do not know which search space a genotype came from.
+    """
+    return _normalise(genotype, None if primitives is None else tuple(primitives))
+
+
+def genotype_to_dict(genotype: Genotype) -> dict[str, list]:
+    """The official DARTS field layout with JSON types (lists, no tuples)."""
+    # Structure is checked, op names are not: a genotype may use custom primitives.
+    g = validate_genotype(genotype, None)
+    return {
+        "normal": [[op, src] for op, src in g.normal],
+        "normal_concat": list(g.normal_concat),
+        "reduce": [[op, src] for op, src in g.reduce],
+        "reduce_concat": list(g.reduce_concat),
+    }
+
+
+def genotype_from_dict(d: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+    """Build a validated Genotype from the official field layout; extra keys are ignored."""
+    if not isinstance(d, Mapping):
+        raise JnasError(
+            f"a genotype dict must be a JSON object with keys {', '.join(_DICT_KEYS)}, got "
+            f"{type(d).__name__}"
+        )
+    missing = [k for k in _DICT_KEYS if k not in d]
+    if missing:
+        raise JnasError(
+            f"genotype dict is missing key(s) {', '.join(missing)}; it needs "
+            f"{', '.join(_DICT_KEYS)}"
+        )
+    return validate_genotype(Genotype(*(d[k] for k in _DICT_KEYS)), primitives)
+
+
+def save_genotype(genotype: Genotype, path: str | os.PathLike) -> Path:
+    """Write `genotype` as JSON (indent 2), atomically so a crash never leaves half a file."""
+    path = Path(path)
+    text = json.dumps(genotype_to_dict(genotype), indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_genotype(path: str | os.PathLike, primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+    """Read a genotype JSON file, or return a named one from GENOTYPES (e.g. "DARTS_V2")."""
+    p = Path(path)
+    if not p.is_file() and isinstance(path, str) and path in GENOTYPES:
+        return GENOTYPES[path]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise JnasError(
+            f"cannot read genotype file {str(p)!r} ({e.strerror or e}); pass an existing JSON "
+            f"file or one of the names {', '.join(GENOTYPES)}"
+        ) from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JnasError(
+            f"genotype file {str(p)!r} is not valid JSON ({e}); rewrite it with save_genotype"
+        ) from e
+    try:
+        return genotype_from_dict(data, primitives)
+    except JnasError as e:
+        raise JnasError(f"genotype file {str(p)!r}: {e}") from e
+
+
+# Published DARTS cells (Liu et al., 2019): first-order (V1) and second-order (V2) search.
+DARTS_V1 = Genotype(
+    normal=(
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 2),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("avg_pool_3x3", 0),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)
+
+DARTS_V2 = Genotype(
+    normal=(
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("skip_connect", 0),
+        ("dil_conv_3x3", 2),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)
+
+GENOTYPES = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2}

@@ -1,0 +1,187 @@
+"""The search loop shared by the experiment scripts: data -> step -> metrics -> files.
+
+`run_search(config)` writes into `config.save`:
+
+- `genotype.json`: the genotype derived from the current alpha (official JSON layout)
+- `alphas.npz`: raw alpha, arrays `normal` and `reduce`
+- `metrics.jsonl`: one JSON object per epoch
+- `genotype.png`, `alphas.png`: the two cells and softmax(alpha) per edge
+- `checkpoints/<epoch>/`: the full search state after each epoch
+- `config.json`: the settings; rerunning with the same `--save` resumes from the newest
+  checkpoint and gives the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jnas import data as jdata
+from jnas.checkpoint import Checkpointer
+from jnas.errors import JnasError
+from jnas.genotype import derive_genotype, genotype_to_dict, save_genotype
+from jnas.plotting import plot_alpha, plot_genotype
+from jnas.search import DartsSearch, SearchConfig
+
+# Settings that only say where things are: they may differ between a run and its resumption.
+_LOCATION_FIELDS = ("data_dir", "save")
+
+
+def _config_dict(config: SearchConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _check_resumable(config: SearchConfig, path: str) -> None:
+    """Refuse to resume a run written with other settings: its checkpoint would not fit."""
+    new = _config_dict(config)
+    if not os.path.exists(path):
+        _write_atomic(path, json.dumps(new, indent=2))
+        return
+    with open(path) as f:
+        old = json.load(f)
+    diff = {
+        k: (old.get(k), v) for k, v in new.items() if k not in _LOCATION_FIELDS and old.get(k) != v
+    }
+    if diff:
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise JnasError(
+            f"{os.path.dirname(path)} holds a run with other settings ({changes}). "
+            "Rerun with the same flags to resume it, or pass a new --save."
+        )
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: str, up_to_epoch: int) -> list[dict]:
+    """Metrics of the epochs a checkpoint covers (a crash may have left later lines)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r["epoch"] <= up_to_epoch]
+
+
+def evaluate(search: DartsSearch, state, dataset, batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy over a whole split, BatchNorm in inference mode."""
+    totals = np.zeros(3)
+    for batch in jdata.eval_batches(dataset, batch_size):
+        totals += np.asarray(jax.device_get(search.eval_step(state, batch)), dtype=np.float64)
+    return totals[0] / totals[2], totals[1] / totals[2]
+
+
+def _write_outputs(config: SearchConfig, state, metrics_rows: list[dict], genotype) -> None:
+    save = config.save
+    alpha = {k: np.asarray(v) for k, v in jax.device_get(state.alpha).items()}
+    save_genotype(genotype, os.path.join(save, "genotype.json"))
+    tmp = os.path.join(save, "alphas.tmp.npz")
+    np.savez(tmp, **alpha)
+    os.replace(tmp, os.path.join(save, "alphas.npz"))
+    _write_atomic(
+        os.path.join(save, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in metrics_rows)
+    )
+    epoch = metrics_rows[-1]["epoch"]
+    plot_genotype(genotype, os.path.join(save, "genotype.png"), title=f"epoch {epoch}")
+    plot_alpha(
+        alpha,
+        os.path.join(save, "alphas.png"),
+        primitives=config.primitives,
+        title=f"softmax(alpha), epoch {epoch}",
+    )
+
+
+def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
+    """Run (or resume) a search; returns the metrics of every epoch."""
+    dataset = jdata.load_dataset(config.dataset, config.data_dir, split="train")
+    w_split, alpha_split = jdata.search_split(dataset, config.train_portion)
+    steps_per_epoch = min(
+        jdata.num_train_batches(w_split, config.batch_size),
+        jdata.num_train_batches(alpha_split, config.batch_size),
+    )
+    os.makedirs(config.save, exist_ok=True)
+    _check_resumable(config, os.path.join(config.save, "config.json"))
+
+    search = DartsSearch(config, dataset.num_classes, steps_per_epoch)
+    key = jax.random.key(config.seed)
+    init_key, step_key = jax.random.split(key)
+    state = search.init(init_key, jdata.preprocess(dataset, dataset.x[:2]))
+
+    checkpointer = Checkpointer(os.path.join(config.save, "checkpoints"))
+    start = checkpointer.latest_epoch() or 0
+    rows = []
+    if start:
+        state = checkpointer.restore(start, like=state)
+        rows = _read_metrics(os.path.join(config.save, "metrics.jsonl"), start)
+        print(f"resuming {config.save} after epoch {start}")
+
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.time()
+        step_metrics = []
+        batches = zip(
+            jdata.train_batches(w_split, config.batch_size, seed=config.seed, epoch=2 * epoch),
+            jdata.train_batches(alpha_split, config.batch_size, seed=config.seed, epoch=2 * epoch + 1),
+        )
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for i, (train_batch, val_batch) in enumerate(bar):
+            state, m = search.step(
+                state, train_batch, val_batch, jax.random.fold_in(step_key, state.step)
+            )
+            step_metrics.append(m)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{float(m['train_loss']):.3f}")
+        bar.close()
+        means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(step_metrics)).items()}
+        if not all(np.isfinite(v) for v in means.values()):
+            raise JnasError(
+                f"the loss became non-finite in epoch {epoch} ({means}). The files and the "
+                f"checkpoint of epoch {epoch - 1} in {config.save} are kept. Lower "
+                "--learning_rate or --arch_learning_rate, or check the data for NaNs."
+            )
+        valid_loss, valid_acc = evaluate(search, state, alpha_split, config.batch_size)
+        genotype = derive_genotype(
+            jax.device_get(state.alpha), config.primitives, config.nodes, config.nodes
+        )
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": means["train_loss"],
+                "train_acc": means["train_acc"],
+                "arch_loss": means["arch_loss"],
+                "valid_loss": valid_loss,
+                "valid_acc": valid_acc,
+                "lr": means["lr"],
+                "genotype": genotype_to_dict(genotype),
+                "seconds": time.time() - t0,
+            }
+        )
+        # Files first, then the checkpoint: a crash in between resumes from the previous
+        # checkpoint and drops this epoch's metrics line.
+        _write_outputs(config, state, rows, genotype)
+        checkpointer.save(epoch, state)
+        print(
+            f"epoch {epoch}: train_loss {means['train_loss']:.4f} train_acc "
+            f"{means['train_acc']:.4f} valid_loss {valid_loss:.4f} valid_acc {valid_acc:.4f} "
+            f"({rows[-1]['seconds']:.1f} s)",
+            flush=True,
+        )
+    return rows
+
+
+def _stack(metrics: list[dict]) -> dict:
+    return jax.tree.map(lambda *xs: np.stack(xs), *metrics)

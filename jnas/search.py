@@ -1,0 +1,216 @@
+"""Search steps: explicit state plus one jit-compiled function per algorithm.
+
+Every step has the signature `(state, train_batch, val_batch, key) -> (state, metrics)`:
+the architecture step runs first (on `val_batch`, DARTS's order), then the weight step on
+`train_batch` with the updated alpha. Batches are `{"x": float NHWC, "y": int labels}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jnas.errors import JnasError
+from jnas.genotype import PRIMITIVES
+from jnas.ops import check_primitives
+from jnas.spaces import SearchNetwork
+from jnas.transforms import darts_hypergrad
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """One search run. Defaults are the DARTS paper's CIFAR-10 search (Liu et al., 2019)."""
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    batch_size: int = 64
+    learning_rate: float = 0.025
+    learning_rate_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    epochs: int = 50
+    init_channels: int = 16
+    layers: int = 8
+    nodes: int = 4
+    primitives: tuple[str, ...] = PRIMITIVES
+    train_portion: float = 0.5
+    arch_learning_rate: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    second_order: bool = False
+    hessian: str = "exact"
+    seed: int = 2
+    save: str = "runs/darts"
+
+    def __post_init__(self):
+        positive = ("batch_size", "epochs", "init_channels", "layers", "nodes", "learning_rate")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise JnasError(f"--{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.learning_rate_min <= self.learning_rate:
+            raise JnasError("--learning_rate_min must lie in [0, --learning_rate]")
+        check_primitives(self.primitives)
+        if self.hessian not in ("exact", "finite_difference"):
+            raise JnasError(f"--hessian must be exact or finite_difference, got {self.hessian!r}")
+
+
+class SearchState(NamedTuple):
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    alpha: Any
+    w_opt_state: Any
+    alpha_opt_state: Any
+
+
+def epoch_cosine_schedule(config: SearchConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The official code's CosineAnnealingLR stepped once per epoch: constant within an epoch.
+
+    optax's `alpha` is a fraction of the initial value, hence min/initial.
+    """
+    per_epoch = optax.cosine_decay_schedule(
+        config.learning_rate, config.epochs, alpha=config.learning_rate_min / config.learning_rate
+    )
+    return lambda count: per_epoch(count // steps_per_epoch)
+
+
+def weight_optimizer(config: SearchConfig, schedule: optax.Schedule):
+    """PyTorch SGD with coupled weight decay after gradient-norm clipping."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum),
+    )
+
+
+def arch_optimizer(config: SearchConfig):
+    """PyTorch Adam with coupled weight decay, betas (0.5, 0.999)."""
+    return optax.chain(
+        optax.add_decayed_weights(config.arch_weight_decay),
+        optax.adam(config.arch_learning_rate, b1=0.5, b2=0.999),
+    )
+
+
+def search_network(config: SearchConfig, num_classes: int, *, train: bool) -> SearchNetwork:
+    return SearchNetwork(
+        num_classes=num_classes,
+        init_channels=config.init_channels,
+        layers=config.layers,
+        steps=config.nodes,
+        multiplier=config.nodes,
+        primitives=tuple(config.primitives),
+        train=train,
+    )
+
+
+def cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits, labels):
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+class DartsSearch:
+    """DARTS first and second order: the state, its initialisation and the jitted steps."""
+
+    def __init__(self, config: SearchConfig, num_classes: int, steps_per_epoch: int):
+        self.config = config
+        self.model = search_network(config, num_classes, train=True)
+        self.eval_model = search_network(config, num_classes, train=False)
+        self.lr_schedule = epoch_cosine_schedule(config, steps_per_epoch)
+        self.w_tx = weight_optimizer(config, self.lr_schedule)
+        self.alpha_tx = arch_optimizer(config)
+        self.step = jax.jit(self._step)
+        self.eval_step = jax.jit(self._eval_step)
+
+    def init(self, key, sample_x) -> SearchState:
+        """Weights from Flax's initialisers, alpha = 1e-3 * N(0, 1)."""
+        k_w, k_alpha = jax.random.split(key)
+        alpha = self.model.init_alpha(k_alpha)
+        # Init runs once, and its random initialisers compile 3x slower than the forward pass
+        # at the default optimisation level, so it is compiled at level 0.
+        variables = (
+            jax.jit(self.model.init)
+            .lower(k_w, sample_x, alpha)
+            .compile(compiler_options={"xla_backend_optimization_level": 0})(k_w, sample_x, alpha)
+        )
+        params, batch_stats = variables["params"], variables["batch_stats"]
+        return SearchState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            alpha=alpha,
+            w_opt_state=self.w_tx.init(params),
+            alpha_opt_state=self.alpha_tx.init(alpha),
+        )
+
+    def _forward(self, params, batch_stats, alpha, x):
+        logits, updates = self.model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, alpha, mutable=["batch_stats"]
+        )
+        return logits, updates["batch_stats"]
+
+    def _step(self, state: SearchState, train_batch, val_batch, key):
+        del key  # DARTS draws no randomness inside a step; the signature is shared.
+        cfg = self.config
+
+        # Batch statistics, not running averages, normalise in training; the running averages
+        # are updated by the weight step only.
+        def loss_fn(params, alpha, batch):
+            logits, _ = self._forward(params, state.batch_stats, alpha, batch["x"])
+            return cross_entropy(logits, batch["y"])
+
+        if cfg.second_order:
+            val_loss, dalpha = darts_hypergrad(
+                loss_fn,
+                state.params,
+                state.alpha,
+                train_batch,
+                val_batch,
+                lr=self.lr_schedule(state.step),
+                momentum=cfg.momentum,
+                momentum_buf=optax.tree_utils.tree_get(state.w_opt_state, "trace"),
+                weight_decay=cfg.weight_decay,
+                hessian=cfg.hessian,
+            )
+        else:
+            val_loss, dalpha = darts_hypergrad(
+                loss_fn, state.params, state.alpha, train_batch, val_batch, lr=0.0
+            )
+        updates, alpha_opt_state = self.alpha_tx.update(dalpha, state.alpha_opt_state, state.alpha)
+        alpha = optax.apply_updates(state.alpha, updates)
+
+        def weight_loss(params):
+            logits, batch_stats = self._forward(params, state.batch_stats, alpha, train_batch["x"])
+            return cross_entropy(logits, train_batch["y"]), (logits, batch_stats)
+
+        (train_loss, (logits, batch_stats)), grads = jax.value_and_grad(weight_loss, has_aux=True)(
+            state.params
+        )
+        updates, w_opt_state = self.w_tx.update(grads, state.w_opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = SearchState(
+            state.step + 1, params, batch_stats, alpha, w_opt_state, alpha_opt_state
+        )
+        metrics = {
+            "train_loss": train_loss,
+            "train_acc": accuracy(logits, train_batch["y"]),
+            "arch_loss": val_loss,
+            "lr": self.lr_schedule(state.step),
+        }
+        return new_state, metrics
+
+    def _eval_step(self, state: SearchState, batch):
+        """Sums over the real rows of a padded batch: (loss_sum, correct_sum, count)."""
+        logits = self.eval_model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats}, batch["x"], state.alpha
+        )
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        correct = jnp.argmax(logits, -1) == batch["y"]
+        mask = batch["mask"]
+        return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)

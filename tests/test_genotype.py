@@ -1,0 +1,388 @@
+"""Tests for jnas.genotype (derivation, validation, JSON) and jnas.plotting (PNG output)."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jnas.errors import JnasError
+from jnas.genotype import (
+    DARTS_V1,
+    DARTS_V2,
+    GENOTYPES,
+    PRIMITIVES,
+    Genotype,
+    alpha_weights,
+    derive_genotype,
+    genotype_from_dict,
+    genotype_to_dict,
+    load_genotype,
+    num_edges,
+    save_genotype,
+    validate_genotype,
+)
+from jnas.plotting import plot_alpha, plot_genotype
+
+OP = {name: k for k, name in enumerate(PRIMITIVES)}
+TIED_CELL = (("max_pool_3x3", 0), ("max_pool_3x3", 1)) * 4
+
+
+def zeros_alpha(steps=4, num_ops=8):
+    return {cell: np.zeros((num_edges(steps), num_ops)) for cell in ("normal", "reduce")}
+
+
+def reference_parse(alpha_cell, primitives, steps):
+    """The DARTS rule written out plainly with Python sorting, to cross-check the module."""
+    e = np.exp(alpha_cell - alpha_cell.max(axis=1, keepdims=True))
+    w = e / e.sum(axis=1, keepdims=True)
+    real = [k for k, p in enumerate(primitives) if p != "none"]
+    gene, start = [], 0
+    for node in range(steps):
+        rows = w[start : start + node + 2]
+        ranked = sorted(range(node + 2), key=lambda j: -max(rows[j][k] for k in real))
+        for j in ranked[:2]:
+            best = max(real, key=lambda k: rows[j][k])  # max keeps the first of equals
+            gene.append((primitives[best], j))
+        start += node + 2
+    return tuple(gene)
+
+
+# ----------------------------------------------------------------------------- derivation
+
+
+def test_num_edges():
+    assert [num_edges(s) for s in (1, 2, 3, 4)] == [2, 5, 9, 14]
+    with pytest.raises(JnasError, match="steps must be a positive int"):
+        num_edges(0)
+
+
+def test_derive_hand_made_alpha():
+    alpha = zeros_alpha()
+    a = alpha["normal"]
+    # node 0 (rows 0-1): 'none' dominates edge c_{k-2}; it is ignored for the op, and its
+    # real ops' weights are tiny, so the weaker-looking edge from c_{k-1} ranks first.
+    a[0, OP["none"]], a[0, OP["sep_conv_3x3"]] = 10.0, 2.0
+    a[1, OP["sep_conv_5x5"]] = 1.0
+    # node 1 (rows 2-4): all tied -> lower inputs first, first real op.
+    # node 2 (rows 5-8): inputs 3 > 1 > 0 by strength; input 2 has only a large 'none'.
+    a[5, OP["avg_pool_3x3"]] = 1.0
+    a[6, OP["skip_connect"]] = 2.0
+    a[7, OP["none"]] = 5.0
+    a[8, OP["dil_conv_3x3"]] = 3.0
+    # node 3 (rows 9-13): input 1 > input 4 > input 0, listed strongest first.
+    a[9, OP["max_pool_3x3"]] = 1.5
+    a[10, OP["dil_conv_5x5"]] = 2.5
+    a[13, OP["sep_conv_3x3"]] = 2.0
+    g = derive_genotype(alpha)
+    assert g.normal == (
+        ("sep_conv_5x5", 1),
+        ("sep_conv_3x3", 0),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("dil_conv_3x3", 3),
+        ("skip_connect", 1),
+        ("dil_conv_5x5", 1),
+        ("sep_conv_3x3", 4),
+    )
+    assert g.reduce == TIED_CELL
+    assert g.normal_concat == g.reduce_concat == (2, 3, 4, 5)
+    assert all(type(src) is int for _, src in g.normal)
+    assert derive_genotype(alpha, multiplier=2).normal_concat == (4, 5)
+
+
+def test_derive_accepts_jax_arrays():
+    alpha = {k: jnp.asarray(v) for k, v in zeros_alpha().items()}
+    alpha["reduce"] = alpha["reduce"].at[9, OP["none"]].set(50.0).at[9, OP["sep_conv_5x5"]].set(1)
+    g = derive_genotype(alpha)
+    assert g.normal == TIED_CELL
+    # Edge 9 (c_{k-2} -> node 3) loses its rank to c_{k-1}, since 'none' swamps its weights.
+    assert g.reduce[6:] == (("max_pool_3x3", 1), ("max_pool_3x3", 2))
+
+
+def test_derive_steps2_three_ops():
+    prims = ("none", "conv", "pool")
+    a = np.zeros((5, 3))
+    a[0, 1] = 1.0  # c_{k-2} -> n0: conv
+    a[1, 2] = 2.0  # c_{k-1} -> n0: pool, stronger
+    a[2, 0], a[2, 2] = 3.0, 0.5  # c_{k-2} -> n1: mostly 'none', weak
+    a[3, 1] = 0.2  # c_{k-1} -> n1: conv
+    a[4, 2] = 1.0  # n0 -> n1: pool, strongest
+    g = derive_genotype({"normal": a, "reduce": a[:, ::-1]}, prims, steps=2, multiplier=2)
+    assert g.normal == (("pool", 1), ("conv", 0), ("pool", 2), ("conv", 1))
+    assert g.normal_concat == (2, 3)
+    assert g.reduce == reference_parse(a[:, ::-1], prims, 2)
+    assert validate_genotype(g, prims) == g
+
+
+def test_derive_without_none_counts_all_ops():
+    a = np.zeros((2, 2))
+    a[0, 0] = 3.0
+    a[1, 1] = 1.0
+    g = derive_genotype({"normal": a, "reduce": a}, ("conv", "pool"), steps=1, multiplier=1)
+    assert g.normal == (("conv", 0), ("pool", 1))
+    assert g.normal_concat == (2,)
+
+
+def test_derive_matches_reference_on_random_alpha():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        alpha = {c: rng.normal(scale=2.0, size=(14, 8)) for c in ("normal", "reduce")}
+        g = derive_genotype(alpha)
+        assert g.normal == reference_parse(alpha["normal"], PRIMITIVES, 4)
+        assert g.reduce == reference_parse(alpha["reduce"], PRIMITIVES, 4)
+
+
+def test_alpha_weights_is_softmax():
+    rng = np.random.default_rng(1)
+    alpha = {c: rng.normal(size=(14, 8)).astype(np.float32) for c in ("normal", "reduce")}
+    w = alpha_weights(alpha)
+    assert w["normal"].dtype == np.float64
+    np.testing.assert_allclose(w["normal"].sum(axis=1), 1.0)
+    e = np.exp(alpha["reduce"].astype(np.float64))
+    np.testing.assert_allclose(w["reduce"], e / e.sum(axis=1, keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "alpha, kwargs, match",
+    [
+        ({"normal": np.zeros((14, 8))}, {}, "alpha has no 'reduce' entry"),
+        (
+            {"normal": np.zeros((14, 7)), "reduce": np.zeros((14, 8))},
+            {},
+            r"alpha\['normal'\] has shape \(14, 7\), expected \(14, 8\)",
+        ),
+        (
+            {"normal": np.zeros((14, 8)), "reduce": np.zeros((9, 8))},
+            {},
+            r"alpha\['reduce'\] has shape \(9, 8\), expected \(14, 8\)",
+        ),
+        (
+            {"normal": np.zeros(8), "reduce": np.zeros((14, 8))},
+            {},
+            r"alpha\['normal'\] has shape \(8,\)",
+        ),
+        (
+            {"normal": np.full((14, 8), np.nan), "reduce": np.zeros((14, 8))},
+            {},
+            "contains NaN or inf",
+        ),
+        (np.zeros((14, 8)), {}, "alpha must be a mapping"),
+        (None, {"multiplier": 5}, "multiplier must be an int in 1..steps=4"),
+        (None, {"steps": 0}, "steps must be a positive int"),
+        (None, {"primitives": ("none",) * 8}, "no op other than 'none'"),
+    ],
+)
+def test_derive_rejects_bad_input(alpha, kwargs, match):
+    with pytest.raises(JnasError, match=match):
+        derive_genotype(zeros_alpha() if alpha is None else alpha, **kwargs)
+
+
+def test_alpha_weights_infers_steps_and_rejects_odd_rows():
+    assert alpha_weights(zeros_alpha(steps=3))["normal"].shape == (9, 8)
+    with pytest.raises(JnasError, match="10 rows, which is no cell's edge count"):
+        alpha_weights({"normal": np.zeros((10, 8)), "reduce": np.zeros((10, 8))})
+    with pytest.raises(JnasError, match="both cells must have the same number of nodes"):
+        alpha_weights({"normal": np.zeros((14, 8)), "reduce": np.zeros((9, 8))})
+
+
+# ----------------------------------------------------------------------------- published
+
+
+def test_published_genotypes_validate():
+    for g in (DARTS_V1, DARTS_V2):
+        assert validate_genotype(g) == g
+        assert len(g.normal) == len(g.reduce) == 8
+    assert GENOTYPES["DARTS"] is DARTS_V2
+    assert GENOTYPES["DARTS_V1"] is DARTS_V1
+    assert DARTS_V2.normal[-1] == ("dil_conv_3x3", 2)
+    assert DARTS_V1.reduce[-1] == ("avg_pool_3x3", 0)
+
+
+def test_validate_normalises_lists_and_numpy_ints():
+    g = Genotype(
+        normal=[["sep_conv_3x3", np.int64(0)], ["skip_connect", 1]],
+        normal_concat=[np.int32(2)],
+        reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1)],
+        reduce_concat=(2,),
+    )
+    out = validate_genotype(g)
+    assert out.normal == (("sep_conv_3x3", 0), ("skip_connect", 1))
+    assert type(out.normal[0][1]) is int and type(out.normal_concat[0]) is int
+    assert isinstance(out.normal, tuple) and isinstance(out.normal_concat, tuple)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def with_(field, value, base=DARTS_V2):
+    return base._replace(**{field: value})
+
+
+def with_edge(k, entry, field="normal"):
+    edges = list(getattr(DARTS_V2, field))
+    edges[k] = entry
+    return with_(field, tuple(edges))
+
+
+@pytest.mark.parametrize(
+    "genotype, match",
+    [
+        (
+            with_edge(0, ("conv_9x9", 0)),
+            r"normal edge 0 uses unknown op 'conv_9x9'; known ops: max_pool_3x3, .*dil_conv_5x5",
+        ),
+        (with_edge(3, ("none", 1), "reduce"), r"reduce edge 3 \(node 1\) chooses 'none'"),
+        (with_("normal", DARTS_V2.normal[:3]), "normal has 3 edges; .*2 edges per node"),
+        (with_("reduce", ()), "reduce has 0 edges"),
+        (
+            with_("reduce", DARTS_V2.reduce[:6]),
+            r"normal has 8 edges \(4 nodes\) but reduce has 6 \(3 nodes\)",
+        ),
+        (
+            with_edge(2, ("sep_conv_3x3", 3)),
+            r"normal node 1 \(edge 2\) takes input 3, but node 1 can only take inputs 0\.\.2",
+        ),
+        (with_edge(7, ("sep_conv_3x3", 6), "reduce"), r"reduce node 3 \(edge 7\) takes input 6"),
+        (with_edge(0, ("sep_conv_3x3", -1)), r"node 0 \(edge 0\) takes input -1"),
+        (
+            with_("normal_concat", (2, 3, 4, 6)),
+            r"normal_concat has index 6; .*states 2\.\.5 for a cell with 4 nodes",
+        ),
+        (with_("reduce_concat", (1, 2)), "reduce_concat has index 1"),
+        (with_("reduce_concat", ()), "reduce_concat is empty"),
+        (with_("normal_concat", (2, 2)), "normal_concat repeats a state"),
+        (with_("normal_concat", ("2",)), "normal_concat must be a list of ints"),
+        (with_("normal_concat", 2), "normal_concat must be a list of ints"),
+        (with_("normal", "sep_conv_3x3"), "normal must be a list of"),
+        ({"normal": []}, "expected a Genotype with fields"),
+    ]
+    + [
+        (with_edge(1, bad), r"normal edge 1 is .*must be an \[op_name, input_index\] pair")
+        for bad in (
+            ("sep_conv_3x3",),
+            ("sep_conv_3x3", 0, 1),
+            ("sep_conv_3x3", "0"),
+            ("sep_conv_3x3", 1.0),
+            ("sep_conv_3x3", True),
+            (3, 0),
+            "sep_conv_3x3",
+            None,
+        )
+    ],
+)
+def test_validate_rejects(genotype, match):
+    with pytest.raises(JnasError, match=match):
+        validate_genotype(genotype)
+
+
+def test_validate_checks_ops_against_given_primitives():
+    with pytest.raises(JnasError, match="unknown op 'sep_conv_3x3'; known ops: conv, pool"):
+        validate_genotype(DARTS_V2, ("none", "conv", "pool"))
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def test_dict_layout_and_round_trip():
+    d = genotype_to_dict(DARTS_V1)
+    assert list(d) == ["normal", "normal_concat", "reduce", "reduce_concat"]
+    assert d["normal"][0] == ["sep_conv_3x3", 1] and d["normal_concat"] == [2, 3, 4, 5]
+    assert genotype_from_dict(json.loads(json.dumps(d))) == DARTS_V1
+
+
+def test_save_load_round_trip(tmp_path):
+    path = tmp_path / "new" / "dir" / "genotype.json"
+    assert save_genotype(DARTS_V2, path) == path
+    with open(path) as f:
+        data = json.load(f)
+    assert set(data) == {"normal", "normal_concat", "reduce", "reduce_concat"}
+    assert data["reduce"][3] == ["max_pool_3x3", 1]
+    assert load_genotype(path) == DARTS_V2
+    assert load_genotype(str(path)) == DARTS_V2
+    assert path.read_text().startswith('{\n  "normal": [\n')  # indent 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["genotype.json"]  # no temp left
+
+
+def test_save_load_custom_primitives(tmp_path):
+    g = Genotype((("conv", 0), ("pool", 1)), (2,), (("pool", 0), ("pool", 1)), (2,))
+    path = save_genotype(g, tmp_path / "g.json")
+    assert load_genotype(path, primitives=("none", "conv", "pool")) == g
+    with pytest.raises(JnasError, match="g.json.*unknown op 'conv'"):
+        load_genotype(path)
+
+
+def test_load_by_name():
+    assert load_genotype("DARTS") is DARTS_V2
+    assert load_genotype("DARTS_V1") is DARTS_V1
+
+
+def test_from_dict_errors():
+    d = genotype_to_dict(DARTS_V2)
+    del d["reduce_concat"]
+    with pytest.raises(JnasError, match=r"missing key\(s\) reduce_concat"):
+        genotype_from_dict(d)
+    with pytest.raises(JnasError, match="must be a JSON object"):
+        genotype_from_dict([1, 2])
+
+
+def test_load_missing_file(tmp_path):
+    path = tmp_path / "missing.json"
+    with pytest.raises(JnasError, match=r"cannot read genotype file .*missing\.json.*DARTS_V2"):
+        load_genotype(path)
+
+
+def test_load_broken_json(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"normal": [["sep_conv_3x3", 0],')
+    with pytest.raises(JnasError, match=r"genotype file .*broken\.json.* is not valid JSON"):
+        load_genotype(path)
+
+
+def test_load_invalid_genotype_names_file(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"normal": [], "normal_concat": [2]}))
+    with pytest.raises(JnasError, match=r"bad\.json.*missing key\(s\) reduce, reduce_concat"):
+        load_genotype(path)
+
+
+# ----------------------------------------------------------------------------- plotting
+
+
+def assert_png(path, min_width, min_height):
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.width > min_width and im.height > min_height
+    assert not [p for p in path.parent.iterdir() if p.name != path.name]  # no temp left
+
+
+def test_plot_genotype_writes_png(tmp_path):
+    path = tmp_path / "plots" / "genotype.png"
+    assert plot_genotype(DARTS_V2, path, title="DARTS_V2") == path
+    assert_png(path, 800, 200)
+    # Custom op names and another step count draw too; the file is replaced in place.
+    g = Genotype((("conv", 0), ("pool", 1)), (2,), (("pool", 0), ("pool", 1)), (2,))
+    plot_genotype(g, path)
+    assert_png(path, 300, 100)
+
+
+def test_plot_genotype_rejects_invalid(tmp_path):
+    with pytest.raises(JnasError, match="chooses 'none'"):
+        plot_genotype(with_edge(0, ("none", 0)), tmp_path / "g.png")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_plot_alpha_writes_png(tmp_path):
+    rng = np.random.default_rng(0)
+    alpha = {c: jnp.asarray(rng.normal(size=(14, 8))) for c in ("normal", "reduce")}
+    path = tmp_path / "a" / "alpha.png"
+    assert plot_alpha(alpha, path, title="epoch 3") == path
+    assert_png(path, 800, 300)
+
+
+def test_plot_alpha_rejects_wrong_shape(tmp_path):
+    alpha = {"normal": np.zeros((14, 8)), "reduce": np.zeros((14, 8))}
+    with pytest.raises(JnasError, match=r"expected \(14, 3\)"):
+        plot_alpha(alpha, tmp_path / "a.png", primitives=("none", "conv", "pool"))
