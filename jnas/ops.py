@@ -189,7 +189,8 @@ def check_primitives(primitives) -> tuple[str, ...]:
 
 
 def make_op(name: str, channels: int, stride: int, affine: bool, train: bool) -> nn.Module:
-    check_primitives([name])
+    if name not in OPS:
+        raise JnasError(f"unknown op {name!r}; known ops: {sorted(OPS)}")
     return OPS[name](channels, stride, affine, train)
 
 

@@ -93,7 +93,7 @@ def darts_hypergrad(
 
     w_prime = unrolled(alpha)
     val_loss, (v, dalpha) = jax.value_and_grad(loss_fn, argnums=(0, 1))(w_prime, alpha, val_batch)
-    eps = fd_radius / optax.global_norm(v)
+    eps = fd_radius / optax.tree.norm(v)
     grad_alpha_train = jax.grad(loss_fn, argnums=1)
 
     def shifted(sign):

@@ -1,0 +1,92 @@
+"""The search network: shapes, input checks, and an exact second-order hypergradient through
+the real network checked against finite differences in float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jnas
+from jnas.spaces import SearchNetwork
+
+SMALL_OPS = ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3")
+
+
+def tiny(**kw):
+    return SearchNetwork(**{"num_classes": 3, "init_channels": 4, "layers": 2, "steps": 2,
+                            "multiplier": 2, "primitives": SMALL_OPS, **kw})
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 1), (2, 12, 10, 3)])
+def test_network_logits_and_alpha_shapes(shape):
+    net = tiny(layers=3)
+    alpha = net.init_alpha(jax.random.key(0))
+    assert {k: v.shape for k, v in alpha.items()} == {"normal": (5, 4), "reduce": (5, 4)}
+    assert float(jnp.std(alpha["normal"])) < 1e-2  # 1e-3 * N(0, 1)
+    x = jnp.ones(shape)
+    variables = net.init(jax.random.key(1), x, alpha)
+    logits, _ = net.apply(variables, x, alpha, mutable=["batch_stats"])
+    assert logits.shape == (2, 3)
+    assert net.reduction_layers() == (1, 2)
+    assert "params" in variables and "alpha" not in str(jax.tree_util.tree_structure(variables))
+
+
+def test_default_network_is_the_darts_search_network():
+    net = SearchNetwork(num_classes=10)
+    assert (net.init_channels, net.layers, net.steps, net.primitives) == (
+        16, 8, 4, jnas.PRIMITIVES)
+    assert net.reduction_layers() == (2, 5)
+    assert net.alpha_shape() == (14, 8)
+
+
+def test_bad_alpha_and_inputs_are_clear_errors():
+    net = tiny()
+    x = jnp.ones((2, 8, 8, 1))
+    bad = {"normal": jnp.zeros((14, 8)), "reduce": jnp.zeros((5, 4))}
+    with pytest.raises(jnas.JnasError, match=r"alpha\['normal'\] has shape \(14, 8\).*\(5, 4\)"):
+        net.init(jax.random.key(0), x, bad)
+    with pytest.raises(jnas.JnasError, match="at least 8x8"):
+        net.init(jax.random.key(0), jnp.ones((2, 4, 4, 1)), net.init_alpha(jax.random.key(0)))
+    with pytest.raises(jnas.JnasError, match="unknown op"):
+        tiny(primitives=("none", "conv_7x7")).init(jax.random.key(0), x, bad)
+
+
+def test_exact_hypergradient_through_the_network_matches_finite_differences():
+    with jax.enable_x64(True):
+        net = tiny(layers=3)  # normal, reduce, reduce: both cell types present
+        k = jax.random.split(jax.random.key(0), 6)
+        x_t, x_v = (jax.random.normal(kk, (4, 8, 8, 1), jnp.float64) for kk in k[:2])
+        y_t, y_v = (jax.random.randint(kk, (4,), 0, 3) for kk in k[2:4])
+        alpha = jax.tree.map(lambda a: 0.5 * a / 1e-3, net.init_alpha(k[4]))
+        alpha = jax.tree.map(lambda a: a.astype(jnp.float64), alpha)
+        variables = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(k[5], x_t, alpha))
+        params, stats = variables["params"], variables["batch_stats"]
+        buf = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+
+        def loss_fn(w, a, batch):
+            logits, _ = net.apply({"params": w, "batch_stats": stats}, batch[0], a,
+                                  mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+        kw = dict(lr=0.5, momentum=0.9, momentum_buf=buf, weight_decay=3e-4)
+        _, dalpha = jax.jit(lambda a: jnas.darts_hypergrad(
+            loss_fn, params, a, (x_t, y_t), (x_v, y_v), **kw))(alpha)
+
+        @jax.jit
+        def objective(a):
+            g = jax.grad(loss_fn)(params, a, (x_t, y_t))
+            return loss_fn(jnas.unrolled_step(params, g, **kw), a, (x_v, y_v))
+
+        for seed in range(2):
+            u = jax.tree.map(lambda a: jax.random.normal(jax.random.key(seed), a.shape,
+                                                         jnp.float64), alpha)
+            eps = 1e-5
+            plus = objective(jax.tree.map(lambda a, d: a + eps * d, alpha, u))
+            minus = objective(jax.tree.map(lambda a, d: a - eps * d, alpha, u))
+            fd = (plus - minus) / (2 * eps)
+            got = sum(jnp.vdot(dalpha[t], u[t]) for t in alpha)
+            np.testing.assert_allclose(got, fd, rtol=1e-6)
+        # Every non-'none' op on every edge of both cells receives gradient.
+        for t in alpha:
+            assert np.all(np.abs(np.asarray(dalpha[t])[:, 1:]) > 0)
