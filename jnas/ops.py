@@ -155,7 +155,8 @@ class Zero(nn.Module):
     @nn.compact
     def __call__(self, x):
         n, h, w, c = x.shape
-        return jnp.zeros((n, _output_size(h, self.stride), _output_size(w, self.stride), c), x.dtype)
+        size = (_output_size(h, self.stride), _output_size(w, self.stride))
+        return jnp.zeros((n, *size, c), x.dtype)
 
 
 OpFactory = Callable[[int, int, bool, bool], nn.Module]
@@ -211,5 +212,6 @@ class MixedOp(nn.Module):
         out = 0.0
         for k, name in enumerate(self.primitives):
             if name != "none":
-                out = out + weights[k] * make_op(name, self.channels, self.stride, False, self.train)(x)
+                op = make_op(name, self.channels, self.stride, affine=False, train=self.train)
+                out = out + weights[k] * op(x)
         return out

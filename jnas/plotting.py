@@ -202,7 +202,9 @@ def plot_alpha(
         src += 1
         if src == node + 2:
             node, src = node + 1, 0
-    # One color scale for both cells so their colors compare.
+    # One color scale for both cells so their colors compare; it spans the data, not [0, 1],
+    # because early in a search every weight is near 1/ops and the differences are small.
+    vmin = min(float(w.min()) for w in weights.values())
     vmax = max(float(w.max()) for w in weights.values())
     num_ops = len(primitives)
     # Constrained layout keeps the right map's row labels clear of the left map at any size.
@@ -214,13 +216,13 @@ def plot_alpha(
     image = None
     for ax, cell in zip(axes, ("normal", "reduce"), strict=True):
         w = weights[cell]
-        image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+        image = ax.imshow(w, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.set_xticks(range(num_ops), primitives, rotation=45, ha="right", fontsize=9)
         ax.set_yticks(range(rows), labels, fontsize=9)
         ax.set_title("normal cell" if cell == "normal" else "reduction cell")
         for r in range(rows):
             for c in range(num_ops):
-                dark = w[r, c] < 0.6 * vmax
+                dark = w[r, c] < vmin + 0.6 * (vmax - vmin)
                 ax.text(
                     c, r, f"{w[r, c]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if dark else "black",

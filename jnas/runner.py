@@ -127,9 +127,14 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.time()
         step_metrics = []
+        # Independent orders for the two halves: epochs 2e and 2e+1 of the data stream. The
+        # halves may differ by a batch; the epoch ends with the shorter one.
         batches = zip(
             jdata.train_batches(w_split, config.batch_size, seed=config.seed, epoch=2 * epoch),
-            jdata.train_batches(alpha_split, config.batch_size, seed=config.seed, epoch=2 * epoch + 1),
+            jdata.train_batches(
+                alpha_split, config.batch_size, seed=config.seed, epoch=2 * epoch + 1
+            ),
+            strict=False,
         )
         bar = tqdm(
             batches,

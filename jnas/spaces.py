@@ -17,10 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnas.errors import JnasError
-from jnas.genotype import PRIMITIVES, num_edges
+from jnas.genotype import CELL_TYPES, PRIMITIVES, num_edges
 from jnas.ops import FactorizedReduce, MixedOp, ReLUConvBN, batch_norm, check_primitives
-
-CELL_TYPES = ("normal", "reduce")
 
 
 def edge_index(node: int, source: int) -> int:
@@ -106,7 +104,10 @@ class SearchNetwork(nn.Module):
     def init_alpha(self, key) -> dict[str, jax.Array]:
         """DARTS's initialisation: 1e-3 * N(0, 1) for each cell type."""
         keys = jax.random.split(key, len(CELL_TYPES))
-        return {t: 1e-3 * jax.random.normal(k, self.alpha_shape()) for t, k in zip(CELL_TYPES, keys)}
+        shape = self.alpha_shape()
+        return {
+            t: 1e-3 * jax.random.normal(k, shape) for t, k in zip(CELL_TYPES, keys, strict=True)
+        }
 
     def reduction_layers(self) -> tuple[int, ...]:
         return (self.layers // 3, 2 * self.layers // 3)

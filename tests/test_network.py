@@ -78,12 +78,12 @@ def test_exact_hypergradient_through_the_network_matches_finite_differences():
             g = jax.grad(loss_fn)(params, a, (x_t, y_t))
             return loss_fn(jnas.unrolled_step(params, g, **kw), a, (x_v, y_v))
 
+        eps = 1e-5
         for seed in range(2):
-            u = jax.tree.map(lambda a: jax.random.normal(jax.random.key(seed), a.shape,
-                                                         jnp.float64), alpha)
-            eps = 1e-5
-            plus = objective(jax.tree.map(lambda a, d: a + eps * d, alpha, u))
-            minus = objective(jax.tree.map(lambda a, d: a - eps * d, alpha, u))
+            keys = dict(zip(alpha, jax.random.split(jax.random.key(seed)), strict=True))
+            u = {t: jax.random.normal(keys[t], alpha[t].shape, jnp.float64) for t in alpha}
+            plus = objective({t: alpha[t] + eps * u[t] for t in alpha})
+            minus = objective({t: alpha[t] - eps * u[t] for t in alpha})
             fd = (plus - minus) / (2 * eps)
             got = sum(jnp.vdot(dalpha[t], u[t]) for t in alpha)
             np.testing.assert_allclose(got, fd, rtol=1e-6)

@@ -14,8 +14,8 @@ from jnas.spaces import SearchCell, edge_groups, edge_index
 SMALL_OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 
 
-def apply_fresh(module, *args, key=jax.random.key(0)):
-    variables = module.init(key, *args)
+def apply_fresh(module, *args):
+    variables = module.init(jax.random.key(0), *args)
     out, _ = module.apply(variables, *args, mutable=["batch_stats"])
     return out
 

@@ -1,0 +1,109 @@
+"""Compile time, step time and peak memory of the search steps at the paper's network.
+
+    python bench/search_step.py                     # CPU: batch 16, both DARTS orders
+    python bench/search_step.py --batch 64          # GPU
+    python bench/search_step.py --algos darts_1st --layers 3 --init_channels 8
+
+Prints one JSON line per algorithm. Each algorithm runs in a fresh subprocess so that neither
+compilation caches nor peak memory carry over between rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ALGOS = {
+    "darts_1st": {"second_order": False},
+    "darts_2nd": {"second_order": True, "hessian": "exact"},
+    "darts_2nd_fd": {"second_order": True, "hessian": "finite_difference"},
+}
+
+
+def measure(args) -> dict:
+    import jax
+    import numpy as np
+
+    from jnas.search import DartsSearch, SearchConfig
+
+    config = SearchConfig(
+        batch_size=args.batch,
+        init_channels=args.init_channels,
+        layers=args.layers,
+        **ALGOS[args.one],
+    )
+    search = DartsSearch(config, args.classes, steps_per_epoch=391)
+    rng = np.random.default_rng(0)
+
+    def batch():
+        return {
+            "x": rng.normal(size=(args.batch, args.hw, args.hw, 3)).astype(np.float32),
+            "y": rng.integers(0, args.classes, args.batch).astype(np.int32),
+        }
+
+    t = time.perf_counter()
+    state = search.init(jax.random.key(0), batch()["x"][:2])
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t
+
+    train, val, key = batch(), batch(), jax.random.key(1)
+    t = time.perf_counter()
+    step = search.step.lower(state, train, val, key).compile()
+    compile_s = time.perf_counter() - t
+
+    times = []
+    for _ in range(args.steps + 1):  # the first call also moves the batch to the device
+        t = time.perf_counter()
+        state, metrics = step(state, train, val, key)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t)
+
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    return {
+        "algo": args.one,
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "batch": args.batch,
+        "init_channels": args.init_channels,
+        "layers": args.layers,
+        "hw": args.hw,
+        "classes": args.classes,
+        "init_s": round(init_s, 2),
+        "compile_s": round(compile_s, 2),
+        "step_s_median": round(statistics.median(times[1:]), 4),
+        "steps_timed": args.steps,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_device_mb": round(stats.get("peak_bytes_in_use", 0) / 2**20, 1) or None,
+        "jax": jax.__version__,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--algos", default="darts_1st,darts_2nd", help=f"from {sorted(ALGOS)}")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--init_channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--hw", type=int, default=32)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--steps", type=int, default=3, help="timed steps after compilation")
+    p.add_argument("--one", choices=sorted(ALGOS), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(args)), flush=True)
+        return
+    for algo in args.algos.split(","):
+        if algo not in ALGOS:
+            sys.exit(f"unknown algo {algo!r}; choose from {sorted(ALGOS)}")
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", algo]
+        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
