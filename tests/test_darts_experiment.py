@@ -61,6 +61,17 @@ def test_one_epoch_writes_every_output(tmp_path, order):
     assert (save / "checkpoints" / "1").is_dir()
 
 
+def test_second_order_with_the_papers_finite_difference_hessian(tmp_path):
+    save = tmp_path / "fd"
+    flags = [*CHEAP, "--epochs", "1", "--second_order", "--hessian", "finite_difference"]
+    assert run(*flags, "--save", save) == 0
+    (row,) = read_metrics(save)
+    assert row["valid_acc"] > 0.2
+    assert json.loads((save / "config.json").read_text())["hessian"] == "finite_difference"
+    alphas = np.load(save / "alphas.npz")
+    assert np.all(np.isfinite(alphas["normal"])) and np.abs(alphas["reduce"]).max() > 5e-3
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
     assert run(*CHEAP, "--epochs", "2", "--save", straight) == 0
