@@ -46,12 +46,19 @@ class Genotype(NamedTuple):
     reduce_concat: tuple[int, ...]
 
 
+def edge_index(node: int, source: int) -> int:
+    """Row of alpha for the edge from state `source` into intermediate node `node`.
+
+    Node i has i + 2 inputs, so its rows start at sum_{k<i}(k + 2) = i(i + 3)/2.
+    """
+    return node * (node + 3) // 2 + source
+
+
 def num_edges(steps: int) -> int:
     """Number of edges (alpha rows) in a cell with `steps` intermediate nodes: 14 for 4."""
     if not _is_int(steps) or steps < 1:
         raise JnasError(f"steps must be a positive int, got {steps!r}")
-    # Node i has i + 2 inputs, so the total is sum_{i<steps}(i + 2).
-    return steps * (steps + 3) // 2
+    return edge_index(steps, 0)
 
 
 def _steps_for_edges(edges: int) -> int | None:
@@ -128,15 +135,13 @@ def _parse_cell(weights: np.ndarray, primitives: Sequence[str], steps: int) -> l
     # relaxation's "no edge", so a large 'none' weight must not decide the architecture.
     masked = np.where(usable, weights, -np.inf)
     gene = []
-    start = 0
     for node in range(steps):
-        rows = masked[start : start + node + 2]
+        rows = masked[edge_index(node, 0) : edge_index(node + 1, 0)]
         strength = rows.max(axis=1)
         # Stable sort keeps the lower input index first on ties, as the official code does.
         kept = np.argsort(-strength, kind="stable")[:2]
         for j in kept:
             gene.append((primitives[int(np.argmax(rows[j]))], int(j)))
-        start += node + 2
     return gene
 
 

@@ -18,7 +18,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, FancyArrowPatch
 
-from jnas.genotype import PRIMITIVES, Genotype, alpha_weights, validate_genotype
+from jnas.genotype import (
+    PRIMITIVES,
+    Genotype,
+    alpha_weights,
+    num_edges,
+    validate_genotype,
+)
 
 _INPUT_LABELS = ("$c_{k-2}$", "$c_{k-1}$")
 _COLORS = {"input": "darkseagreen", "node": "lightblue", "output": "palegoldenrod"}
@@ -195,13 +201,11 @@ def plot_alpha(
     """Heatmaps of softmax(alpha) per edge for both cells, values annotated, into a PNG."""
     weights = alpha_weights(alpha, primitives)
     rows = weights["normal"].shape[0]
-    labels = []
-    node, src = 0, 0
-    for _ in range(rows):
-        labels.append(f"{_state_label(src)} → $n_{{{node}}}$")
-        src += 1
-        if src == node + 2:
-            node, src = node + 1, 0
+    steps = next(n for n in range(1, rows + 1) if num_edges(n) == rows)
+    # Node by node, inputs in order: the row order of alpha (genotype.edge_index).
+    labels = [
+        f"{_state_label(src)} → $n_{{{node}}}$" for node in range(steps) for src in range(node + 2)
+    ]
     # One color scale for both cells so their colors compare; it spans the data, not [0, 1],
     # because early in a search every weight is near 1/ops and the differences are small.
     vmin = min(float(w.min()) for w in weights.values())

@@ -165,23 +165,24 @@ class DartsSearch:
             logits, _ = self._forward(params, state.batch_stats, alpha, batch["x"])
             return cross_entropy(logits, batch["y"])
 
-        if cfg.second_order:
-            val_loss, dalpha = darts_hypergrad(
-                loss_fn,
-                state.params,
-                state.alpha,
-                train_batch,
-                val_batch,
-                lr=self.lr_schedule(state.step),
-                momentum=cfg.momentum,
-                momentum_buf=optax.tree_utils.tree_get(state.w_opt_state, "trace"),
-                weight_decay=cfg.weight_decay,
-                hessian=cfg.hessian,
-            )
-        else:
-            val_loss, dalpha = darts_hypergrad(
-                loss_fn, state.params, state.alpha, train_batch, val_batch, lr=0.0
-            )
+        lr = self.lr_schedule(state.step)
+        # xi = the current weight lr, with the weight optimizer's momentum buffer and weight
+        # decay in the virtual step; a Python 0.0 is first order and builds no unrolled graph.
+        unrolled = dict(
+            lr=lr,
+            momentum=cfg.momentum,
+            momentum_buf=optax.tree_utils.tree_get(state.w_opt_state, "trace"),
+            weight_decay=cfg.weight_decay,
+            hessian=cfg.hessian,
+        )
+        val_loss, dalpha = darts_hypergrad(
+            loss_fn,
+            state.params,
+            state.alpha,
+            train_batch,
+            val_batch,
+            **(unrolled if cfg.second_order else {"lr": 0.0}),
+        )
         updates, alpha_opt_state = self.alpha_tx.update(dalpha, state.alpha_opt_state, state.alpha)
         alpha = optax.apply_updates(state.alpha, updates)
 
@@ -201,7 +202,7 @@ class DartsSearch:
             "train_loss": train_loss,
             "train_acc": accuracy(logits, train_batch["y"]),
             "arch_loss": val_loss,
-            "lr": self.lr_schedule(state.step),
+            "lr": lr,
         }
         return new_state, metrics
 

@@ -17,13 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnas.errors import JnasError
-from jnas.genotype import CELL_TYPES, PRIMITIVES, num_edges
+from jnas.genotype import CELL_TYPES, PRIMITIVES, edge_index, num_edges
 from jnas.ops import FactorizedReduce, MixedOp, ReLUConvBN, batch_norm, check_primitives
-
-
-def edge_index(node: int, source: int) -> int:
-    """Row of alpha for the edge from state `source` into intermediate node `node`."""
-    return node * (node + 3) // 2 + source
 
 
 def edge_groups(steps: int) -> list[list[tuple[int, int]]]:
