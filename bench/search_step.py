@@ -29,7 +29,7 @@ def measure(args) -> dict:
     import jax
     import numpy as np
 
-    from jnas.search import DartsSearch, SearchConfig
+    from jnas.search import Search, SearchConfig
 
     config = SearchConfig(
         batch_size=args.batch,
@@ -37,7 +37,7 @@ def measure(args) -> dict:
         layers=args.layers,
         **ALGOS[args.one],
     )
-    search = DartsSearch(config, args.classes, steps_per_epoch=391)
+    search = Search(config, args.classes, steps_per_epoch=391)
     rng = np.random.default_rng(0)
 
     def batch():

@@ -18,7 +18,7 @@ from jnas.genotype import (
     validate_genotype,
 )
 from jnas.spaces import SearchCell, SearchNetwork
-from jnas.transforms import darts_hypergrad, unrolled_step
+from jnas.transforms import darts_hypergrad, gumbel_softmax, milenas_hypergrad, unrolled_step
 
 __all__ = [
     "DARTS_V1",
@@ -30,7 +30,9 @@ __all__ = [
     "SearchNetwork",
     "darts_hypergrad",
     "derive_genotype",
+    "gumbel_softmax",
     "load_genotype",
+    "milenas_hypergrad",
     "save_genotype",
     "unrolled_step",
     "validate_genotype",

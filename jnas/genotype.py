@@ -75,12 +75,16 @@ def _is_int(value: Any) -> bool:
 
 
 def alpha_weights(
-    alpha: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES, steps: int | None = None
+    alpha: Mapping[str, Any],
+    primitives: Sequence[str] = PRIMITIVES,
+    steps: int | None = None,
+    cells: Sequence[str] = CELL_TYPES,
 ) -> dict[str, np.ndarray]:
     """Softmax over ops of each edge, per cell, as float64 numpy arrays (edges, ops).
 
     Checks the shapes first so a wrong alpha fails with a message instead of a broadcast error.
-    With `steps=None` the number of nodes is inferred from the number of rows.
+    With `steps=None` the number of nodes is inferred from the number of rows. `cells` are the
+    searched cell types (("normal",) under GDAS's fixed reduction cell).
     """
     if not isinstance(alpha, Mapping):
         raise JnasError(
@@ -89,11 +93,11 @@ def alpha_weights(
         )
     num_ops = len(primitives)
     weights = {}
-    for cell in CELL_TYPES:
+    for cell in cells:
         if cell not in alpha:
             raise JnasError(
-                f"alpha has no {cell!r} entry (keys: {sorted(alpha)}); it needs both 'normal' "
-                "and 'reduce' arrays of shape (edges, ops)"
+                f"alpha has no {cell!r} entry (keys: {sorted(alpha)}); it needs "
+                f"{' and '.join(repr(c) for c in cells)} arrays of shape (edges, ops)"
             )
         a = np.asarray(alpha[cell], dtype=np.float64)
         rows = num_edges(steps) if steps is not None else None
@@ -118,7 +122,7 @@ def alpha_weights(
         e = np.exp(a - a.max(axis=1, keepdims=True))
         weights[cell] = e / e.sum(axis=1, keepdims=True)
     steps_by_cell = {cell: _steps_for_edges(w.shape[0]) for cell, w in weights.items()}
-    if steps_by_cell["normal"] != steps_by_cell["reduce"]:
+    if len(set(steps_by_cell.values())) > 1:
         raise JnasError(
             f"alpha['normal'] has {weights['normal'].shape[0]} rows but alpha['reduce'] has "
             f"{weights['reduce'].shape[0]}; both cells must have the same number of nodes"
@@ -150,14 +154,18 @@ def derive_genotype(
     primitives: Sequence[str] = PRIMITIVES,
     steps: int = 4,
     multiplier: int = 4,
+    *,
+    fixed_reduction: bool = False,
 ) -> Genotype:
     """Discretise alpha with DARTS's rule: per node, the 2 strongest edges and their best op.
 
     An edge's strength is its largest softmax weight over ops other than 'none'. The two kept
     edges of a node are listed strongest first. The cell output concatenates the last
-    `multiplier` nodes.
+    `multiplier` nodes. With `fixed_reduction` (GDAS's FRC) alpha has a "normal" entry only,
+    and the genotype's `reduce` and `reduce_concat` are empty: the fixed cell.
     """
-    weights = alpha_weights(alpha, primitives, steps)  # also checks steps
+    cells = ("normal",) if fixed_reduction else CELL_TYPES
+    weights = alpha_weights(alpha, primitives, steps, cells)  # also checks steps
     if not _is_int(multiplier) or not 1 <= multiplier <= steps:
         raise JnasError(f"multiplier must be an int in 1..steps={steps}, got {multiplier!r}")
     primitives = tuple(primitives)
@@ -165,8 +173,8 @@ def derive_genotype(
     return Genotype(
         normal=tuple(_parse_cell(weights["normal"], primitives, steps)),
         normal_concat=concat,
-        reduce=tuple(_parse_cell(weights["reduce"], primitives, steps)),
-        reduce_concat=concat,
+        reduce=() if fixed_reduction else tuple(_parse_cell(weights["reduce"], primitives, steps)),
+        reduce_concat=() if fixed_reduction else concat,
     )
 
 
@@ -245,19 +253,31 @@ def _normalise(genotype: Any, primitives: Sequence[str] | None) -> Genotype:
             )
         fields[key] = getattr(genotype, key)
     normal = _check_cell("normal", fields["normal"], primitives)
+    steps = len(normal) // 2
+    normal_concat = _check_concat("normal_concat", fields["normal_concat"], steps)
+    if is_fixed_reduction(genotype):
+        return Genotype(normal, normal_concat, (), ())
     reduce = _check_cell("reduce", fields["reduce"], primitives)
     if len(normal) != len(reduce):
         raise JnasError(
             f"normal has {len(normal)} edges ({len(normal) // 2} nodes) but reduce has "
             f"{len(reduce)} ({len(reduce) // 2} nodes); both cells must have the same steps"
         )
-    steps = len(normal) // 2
     return Genotype(
         normal=normal,
-        normal_concat=_check_concat("normal_concat", fields["normal_concat"], steps),
+        normal_concat=normal_concat,
         reduce=reduce,
         reduce_concat=_check_concat("reduce_concat", fields["reduce_concat"], steps),
     )
+
+
+def is_fixed_reduction(genotype: Any) -> bool:
+    """Empty `reduce` and `reduce_concat` mark GDAS's fixed reduction cell (FRC)."""
+
+    def empty(v):
+        return isinstance(v, Sequence) and not isinstance(v, str | bytes) and len(v) == 0
+
+    return empty(genotype.reduce) and empty(genotype.reduce_concat)
 
 
 def validate_genotype(

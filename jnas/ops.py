@@ -196,10 +196,14 @@ def make_op(name: str, channels: int, stride: int, affine: bool, train: bool) ->
 
 
 class MixedOp(nn.Module):
-    """A DARTS edge: `sum_o weights[o] * op_o(x)` over the candidate ops.
+    """A search edge over the candidate ops, in DARTS's or GDAS's form.
 
-    `none` contributes exact zeros, so it is skipped; its weight still reaches alpha through the
-    softmax normalisation, as in the official code.
+    `__call__(x, weights)` is DARTS's `sum_o weights[o] * op_o(x)`; `none` contributes exact
+    zeros, so it is skipped (its weight still reaches alpha through the softmax).
+
+    `sampled(x, hard, index)` is GDAS's single path: only op `index` runs, as
+    `hard[index] * op_index(x) + sum_{j != index} hard[j]`. In value that is `op_index(x)`
+    (`hard` is one-hot); in gradient every entry of `hard` is reached, as in the published code.
     """
 
     channels: int
@@ -207,11 +211,26 @@ class MixedOp(nn.Module):
     primitives: tuple[str, ...]
     train: bool = True
 
-    @nn.compact
+    def setup(self):
+        self.ops = [
+            make_op(name, self.channels, self.stride, affine=False, train=self.train)
+            for name in self.primitives
+        ]
+
     def __call__(self, x, weights):
         out = 0.0
-        for k, name in enumerate(self.primitives):
+        for k, (name, op) in enumerate(zip(self.primitives, self.ops, strict=True)):
             if name != "none":
-                op = make_op(name, self.channels, self.stride, affine=False, train=self.train)
                 out = out + weights[k] * op(x)
         return out
+
+    def sampled(self, x, hard, index):
+        branches = [lambda mdl, x, k=k: mdl.ops[k](x) for k in range(len(self.ops))]
+        if self.is_initializing():
+            # Every branch must own its variables before the switch, which runs one branch.
+            for branch in branches:
+                branch(self, x)
+        # An unbatched index: the switch compiles to a conditional that runs one op.
+        y = nn.switch(index, branches, self, x)
+        others = jnp.sum(jnp.where(jnp.arange(hard.shape[0]) == index, 0.0, hard))
+        return hard[index] * y + others

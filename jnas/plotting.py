@@ -19,9 +19,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, FancyArrowPatch
 
 from jnas.genotype import (
+    CELL_TYPES,
     PRIMITIVES,
     Genotype,
     alpha_weights,
+    is_fixed_reduction,
     num_edges,
     validate_genotype,
 )
@@ -186,7 +188,12 @@ def plot_genotype(
     FigureCanvasAgg(fig)  # a real renderer, needed to measure labels while placing them
     axes = fig.subplots(1, 2, gridspec_kw=dict(left=0.01, right=0.99, wspace=0.05, top=0.85))
     _draw_cell(axes[0], g.normal, g.normal_concat, "normal cell")
-    _draw_cell(axes[1], g.reduce, g.reduce_concat, "reduction cell")
+    if is_fixed_reduction(g):
+        axes[1].text(0.5, 0.5, "fixed reduction cell\n(GDAS's FRC)", ha="center", va="center",
+                     fontsize=12)
+        axes[1].set_axis_off()
+    else:
+        _draw_cell(axes[1], g.reduce, g.reduce_concat, "reduction cell")
     if title:
         fig.suptitle(title)
     return _save_figure(fig, path)
@@ -199,7 +206,7 @@ def plot_alpha(
     title: str | None = None,
 ) -> Path:
     """Heatmaps of softmax(alpha) per edge for both cells, values annotated, into a PNG."""
-    weights = alpha_weights(alpha, primitives)
+    weights = alpha_weights(alpha, primitives, cells=[c for c in CELL_TYPES if c in alpha])
     rows = weights["normal"].shape[0]
     steps = next(n for n in range(1, rows + 1) if num_edges(n) == rows)
     # Node by node, inputs in order: the row order of alpha (genotype.edge_index).
@@ -213,12 +220,12 @@ def plot_alpha(
     num_ops = len(primitives)
     # Constrained layout keeps the right map's row labels clear of the left map at any size.
     fig = Figure(
-        figsize=(2 * (0.75 * num_ops + 1.8) + 1.2, 0.38 * rows + 2.2), dpi=110,
+        figsize=(len(weights) * (0.75 * num_ops + 1.8) + 1.2, 0.38 * rows + 2.2), dpi=110,
         layout="constrained",
     )
-    axes = fig.subplots(1, 2)
+    axes = np.atleast_1d(fig.subplots(1, len(weights)))
     image = None
-    for ax, cell in zip(axes, ("normal", "reduce"), strict=True):
+    for ax, cell in zip(axes, weights, strict=True):
         w = weights[cell]
         image = ax.imshow(w, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.set_xticks(range(num_ops), primitives, rotation=45, ha="right", fontsize=9)

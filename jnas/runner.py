@@ -27,7 +27,7 @@ from jnas.checkpoint import Checkpointer
 from jnas.errors import JnasError
 from jnas.genotype import derive_genotype, genotype_to_dict, save_genotype
 from jnas.plotting import plot_alpha, plot_genotype
-from jnas.search import DartsSearch, SearchConfig
+from jnas.search import Search, SearchConfig
 
 # Settings that only say where things are: they may differ between a run and its resumption.
 _LOCATION_FIELDS = ("data_dir", "save")
@@ -72,7 +72,7 @@ def _read_metrics(path: str, up_to_epoch: int) -> list[dict]:
     return [r for r in rows if r["epoch"] <= up_to_epoch]
 
 
-def evaluate(search: DartsSearch, state, dataset, batch_size: int) -> tuple[float, float]:
+def evaluate(search: Search, state, dataset, batch_size: int) -> tuple[float, float]:
     """Mean loss and accuracy over a whole split, BatchNorm in inference mode."""
     totals = np.zeros(3)
     for batch in jdata.eval_batches(dataset, batch_size):
@@ -111,7 +111,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
     os.makedirs(config.save, exist_ok=True)
     _check_resumable(config, os.path.join(config.save, "config.json"))
 
-    search = DartsSearch(config, dataset.num_classes, steps_per_epoch)
+    search = Search(config, dataset.num_classes, steps_per_epoch)
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
     state = search.init(init_key, jdata.preprocess(dataset, dataset.x[:2]))
@@ -160,7 +160,11 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
             )
         valid_loss, valid_acc = evaluate(search, state, alpha_split, config.batch_size)
         genotype = derive_genotype(
-            jax.device_get(state.alpha), config.primitives, config.nodes, config.nodes
+            jax.device_get(state.alpha),
+            config.primitives,
+            config.nodes,
+            config.nodes,
+            fixed_reduction=config.fix_reduction,
         )
         rows.append(
             {
@@ -171,6 +175,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
                 "valid_loss": valid_loss,
                 "valid_acc": valid_acc,
                 "lr": means["lr"],
+                **({"tau": means["tau"]} if "tau" in means else {}),
                 "genotype": genotype_to_dict(genotype),
                 "seconds": time.time() - t0,
             }

@@ -1,13 +1,24 @@
-"""Search steps: explicit state plus one jit-compiled function per algorithm.
+"""Search steps: explicit state plus one jit-compiled step built from the transforms.
 
-Every step has the signature `(state, train_batch, val_batch, key) -> (state, metrics)`:
-the architecture step runs first (on `val_batch`, DARTS's order), then the weight step on
-`train_batch` with the updated alpha. Batches are `{"x": float NHWC, "y": int labels}`.
+Every step has the signature `(state, train_batch, val_batch, key) -> (state, metrics)` and
+takes one architecture step and one weight step (on `train_batch`). The algorithm decides the
+architecture gradient and the order, as in each published code:
+
+- `darts`: `darts_hypergrad` on `val_batch`, first or second order; architecture step first.
+- `milenas`: `milenas_hypergrad`, `grad_alpha (L_train + lam * L_val)` at the current
+  weights; architecture step first (MiLeNAS's code is DARTS's).
+- `gdas`: GDAS's first-order `grad_alpha L_val` through the straight-through Gumbel sample,
+  on the single-path network; weight step first, as in GDAS's code.
+
+`gumbel=True` gives MiLeNAS the GDAS relaxation (MiLeNAS+GDAS). Under the Gumbel relaxation
+each of the two steps draws its own sample (per cell type and edge, shared by the batch),
+as GDAS's code samples on every forward pass. Batches are `{"x": float NHWC, "y": int}`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -17,14 +28,22 @@ import optax
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
 from jnas.ops import check_primitives
-from jnas.spaces import SearchNetwork
-from jnas.transforms import darts_hypergrad
+from jnas.spaces import SearchNetwork, check_fixed_reduction
+from jnas.transforms import darts_hypergrad, milenas_hypergrad
+
+ALGORITHMS = ("darts", "milenas", "gdas")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """One search run. Defaults are the DARTS paper's CIFAR-10 search (Liu et al., 2019)."""
+    """One search run. Defaults are the DARTS paper's CIFAR-10 search (Liu et al., 2019).
 
+    GDAS's (Dong & Yang, 2019) differ only in `epochs` (240) and add the temperature, linear
+    from `tau_max` in the first epoch to `tau_min` in the last; MiLeNAS's (He et al., 2020)
+    add `lam`, the weight of the validation loss.
+    """
+
+    algorithm: str = "darts"
     dataset: str = "cifar10"
     data_dir: str | None = None
     batch_size: int = 64
@@ -43,6 +62,11 @@ class SearchConfig:
     grad_clip: float = 5.0
     second_order: bool = False
     hessian: str = "exact"
+    lam: float = 1.0
+    gumbel: bool = False
+    tau_max: float = 10.0
+    tau_min: float = 0.1
+    fix_reduction: bool = False
     seed: int = 2
     save: str = "runs/darts"
 
@@ -56,6 +80,30 @@ class SearchConfig:
         check_primitives(self.primitives)
         if self.hessian not in ("exact", "finite_difference"):
             raise JnasError(f"--hessian must be exact or finite_difference, got {self.hessian!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise JnasError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.second_order and self.algorithm != "darts":
+            raise JnasError(f"--second_order is DARTS's unrolled step; {self.algorithm} has none")
+        if self.gumbel and self.algorithm != "milenas":
+            raise JnasError("gumbel is the relaxation option of milenas (gdas always samples)")
+        if not 0 < self.tau_min <= self.tau_max:
+            raise JnasError(
+                f"the temperature needs 0 < --tau_min <= --tau_max, got --tau_min "
+                f"{self.tau_min} and --tau_max {self.tau_max}"
+            )
+        if self.fix_reduction:
+            check_fixed_reduction(self.nodes, self.primitives)
+            if self.init_channels % 4:
+                raise JnasError(
+                    "the fixed reduction cell groups its convolutions by 8 at 2 x "
+                    f"--init_channels, so --init_channels must be a multiple of 4, got "
+                    f"{self.init_channels}"
+                )
+
+    @property
+    def single_path(self) -> bool:
+        """Whether the network samples one op per edge (GDAS's relaxation)."""
+        return self.algorithm == "gdas" or self.gumbel
 
 
 class SearchState(NamedTuple):
@@ -76,6 +124,14 @@ def epoch_cosine_schedule(config: SearchConfig, steps_per_epoch: int) -> optax.S
         config.learning_rate, config.epochs, alpha=config.learning_rate_min / config.learning_rate
     )
     return lambda count: per_epoch(count // steps_per_epoch)
+
+
+def tau_schedule(config: SearchConfig, steps_per_epoch: int) -> optax.Schedule:
+    """GDAS's temperature: linear from tau_max (first epoch) to tau_min (last), per epoch."""
+    span = max(config.epochs - 1, 1)
+    return lambda count: config.tau_max - (config.tau_max - config.tau_min) * jnp.minimum(
+        count // steps_per_epoch, span
+    ) / span
 
 
 def weight_optimizer(config: SearchConfig, schedule: optax.Schedule):
@@ -104,6 +160,8 @@ def search_network(config: SearchConfig, num_classes: int, *, train: bool) -> Se
         multiplier=config.nodes,
         primitives=tuple(config.primitives),
         train=train,
+        mode="gdas" if config.single_path else "darts",
+        fixed_reduction=config.fix_reduction,
     )
 
 
@@ -115,14 +173,15 @@ def accuracy(logits, labels):
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-class DartsSearch:
-    """DARTS first and second order: the state, its initialisation and the jitted steps."""
+class Search:
+    """A search algorithm (`config.algorithm`): its state, initialisation and jitted steps."""
 
     def __init__(self, config: SearchConfig, num_classes: int, steps_per_epoch: int):
         self.config = config
         self.model = search_network(config, num_classes, train=True)
         self.eval_model = search_network(config, num_classes, train=False)
         self.lr_schedule = epoch_cosine_schedule(config, steps_per_epoch)
+        self.tau_schedule = tau_schedule(config, steps_per_epoch)
         self.w_tx = weight_optimizer(config, self.lr_schedule)
         self.alpha_tx = arch_optimizer(config)
         self.step = jax.jit(self._step)
@@ -130,12 +189,13 @@ class DartsSearch:
 
     def init(self, key, sample_x) -> SearchState:
         """Weights from Flax's initialisers, alpha = 1e-3 * N(0, 1)."""
-        k_w, k_alpha = jax.random.split(key)
+        k_w, k_alpha, k_path = jax.random.split(key, 3)
         alpha = self.model.init_alpha(k_alpha)
         # Init runs once, and its random initialisers compile 3x slower than the forward pass
         # at the default optimisation level, so it is compiled at level 0.
+        init = functools.partial(self.model.init, key=k_path, tau=self.config.tau_max)
         variables = (
-            jax.jit(self.model.init)
+            jax.jit(init)
             .lower(k_w, sample_x, alpha)
             .compile(compiler_options={"xla_backend_optimization_level": 0})(k_w, sample_x, alpha)
         )
@@ -149,62 +209,90 @@ class DartsSearch:
             alpha_opt_state=self.alpha_tx.init(alpha),
         )
 
-    def _forward(self, params, batch_stats, alpha, x):
+    def _forward(self, params, batch_stats, alpha, x, key, tau):
         logits, updates = self.model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, alpha, mutable=["batch_stats"]
+            {"params": params, "batch_stats": batch_stats},
+            x,
+            alpha,
+            key=key,
+            tau=tau,
+            mutable=["batch_stats"],
         )
         return logits, updates["batch_stats"]
 
     def _step(self, state: SearchState, train_batch, val_batch, key):
-        del key  # DARTS draws no randomness inside a step; the signature is shared.
+        k_arch, k_w = jax.random.split(key)
+        lr, tau = self.lr_schedule(state.step), self.tau_schedule(state.step)
+        if self.config.algorithm == "gdas":
+            state, train_loss, logits = self._weight_step(state, train_batch, k_w, tau)
+            state, arch_loss = self._arch_step(state, train_batch, val_batch, k_arch, lr, tau)
+        else:
+            state, arch_loss = self._arch_step(state, train_batch, val_batch, k_arch, lr, tau)
+            state, train_loss, logits = self._weight_step(state, train_batch, k_w, tau)
+        metrics = {
+            "train_loss": train_loss,
+            "train_acc": accuracy(logits, train_batch["y"]),
+            "arch_loss": arch_loss,
+            "lr": lr,
+        }
+        if self.config.single_path:
+            metrics["tau"] = tau
+        return state._replace(step=state.step + 1), metrics
+
+    def _arch_step(self, state: SearchState, train_batch, val_batch, key, lr, tau):
         cfg = self.config
 
         # Batch statistics, not running averages, normalise in training; the running averages
-        # are updated by the weight step only.
+        # are updated by the weight step only. Under the Gumbel relaxation every loss of this
+        # step sees the same sampled paths.
         def loss_fn(params, alpha, batch):
-            logits, _ = self._forward(params, state.batch_stats, alpha, batch["x"])
+            logits, _ = self._forward(params, state.batch_stats, alpha, batch["x"], key, tau)
             return cross_entropy(logits, batch["y"])
 
-        lr = self.lr_schedule(state.step)
-        # xi = the current weight lr, with the weight optimizer's momentum buffer and weight
-        # decay in the virtual step; a Python 0.0 is first order and builds no unrolled graph.
-        unrolled = dict(
-            lr=lr,
-            momentum=cfg.momentum,
-            momentum_buf=optax.tree_utils.tree_get(state.w_opt_state, "trace"),
-            weight_decay=cfg.weight_decay,
-            hessian=cfg.hessian,
-        )
-        val_loss, dalpha = darts_hypergrad(
-            loss_fn,
-            state.params,
-            state.alpha,
-            train_batch,
-            val_batch,
-            **(unrolled if cfg.second_order else {"lr": 0.0}),
-        )
+        if cfg.algorithm == "milenas":
+            arch_loss, dalpha = milenas_hypergrad(
+                loss_fn, state.params, state.alpha, train_batch, val_batch, lam=cfg.lam
+            )
+        elif cfg.second_order:
+            # xi = the current weight lr, with the weight optimizer's momentum buffer and
+            # weight decay in the virtual step.
+            arch_loss, dalpha = darts_hypergrad(
+                loss_fn,
+                state.params,
+                state.alpha,
+                train_batch,
+                val_batch,
+                lr=lr,
+                momentum=cfg.momentum,
+                momentum_buf=optax.tree_utils.tree_get(state.w_opt_state, "trace"),
+                weight_decay=cfg.weight_decay,
+                hessian=cfg.hessian,
+            )
+        else:  # DARTS first order and GDAS: grad_alpha L_val at the current weights
+            arch_loss, dalpha = darts_hypergrad(
+                loss_fn, state.params, state.alpha, train_batch, val_batch, lr=0.0
+            )
         updates, alpha_opt_state = self.alpha_tx.update(dalpha, state.alpha_opt_state, state.alpha)
         alpha = optax.apply_updates(state.alpha, updates)
+        return state._replace(alpha=alpha, alpha_opt_state=alpha_opt_state), arch_loss
 
+    def _weight_step(self, state: SearchState, train_batch, key, tau):
         def weight_loss(params):
-            logits, batch_stats = self._forward(params, state.batch_stats, alpha, train_batch["x"])
+            logits, batch_stats = self._forward(
+                params, state.batch_stats, state.alpha, train_batch["x"], key, tau
+            )
             return cross_entropy(logits, train_batch["y"]), (logits, batch_stats)
 
         (train_loss, (logits, batch_stats)), grads = jax.value_and_grad(weight_loss, has_aux=True)(
             state.params
         )
         updates, w_opt_state = self.w_tx.update(grads, state.w_opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = SearchState(
-            state.step + 1, params, batch_stats, alpha, w_opt_state, alpha_opt_state
+        new_state = state._replace(
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            w_opt_state=w_opt_state,
         )
-        metrics = {
-            "train_loss": train_loss,
-            "train_acc": accuracy(logits, train_batch["y"]),
-            "arch_loss": val_loss,
-            "lr": lr,
-        }
-        return new_state, metrics
+        return new_state, train_loss, logits
 
     def _eval_step(self, state: SearchState, batch):
         """Sums over the real rows of a padded batch: (loss_sum, correct_sum, count)."""

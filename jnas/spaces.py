@@ -5,8 +5,12 @@ the module, so `alpha` is its own pytree: `{"normal": (edges, ops), "reduce": (e
 
 Compile time is the cost that binds (a Python loop over 8 cells x 14 edges x 8 ops takes
 minutes to compile), so a cell traces its mixed op once per group of edges that share an input
-state, with `nn.vmap` over stacked parameters: the 8 edges from the two cell inputs form one
-group (they depend on the inputs alone), then the edges out of each intermediate node.
+state: the 8 edges from the two cell inputs form one group (they depend on the inputs alone),
+then the edges out of each intermediate node. DARTS runs a group with `nn.vmap` over stacked
+parameters. GDAS runs it with `nn.scan` instead: each iteration switches on one edge's sampled
+op, an unbatched index, so only that op is computed (under `vmap` the switch would become a
+select that computes every op). Both store the group's parameters stacked on axis 0 under the
+same names, so one set of weights serves both modes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import numpy as np
 from jnas.errors import JnasError
 from jnas.genotype import CELL_TYPES, PRIMITIVES, edge_index, num_edges
 from jnas.ops import FactorizedReduce, MixedOp, ReLUConvBN, batch_norm, check_primitives
+from jnas.transforms import gumbel_softmax
+
+MODES = ("darts", "gdas")
+_STACKED = {"params": 0, "batch_stats": 0}
 
 
 def edge_groups(steps: int) -> list[list[tuple[int, int]]]:
@@ -27,20 +35,31 @@ def edge_groups(steps: int) -> list[list[tuple[int, int]]]:
     return [[(s, n) for s in sources for n in range(max(0, s - 1), steps)] for sources in groups]
 
 
-# One mixed op per edge of a group: parameters and BatchNorm statistics stacked on axis 0.
-_EdgeGroup = nn.vmap(
-    MixedOp,
-    in_axes=(0, 0),
-    out_axes=0,
-    variable_axes={"params": 0, "batch_stats": 0},
-    split_rngs={"params": True},
-)
+def _mixed_edges(op: MixedOp, xs, weights):
+    """DARTS: every edge of a group at once, all ops weighted."""
+    return nn.vmap(
+        lambda mdl, x, w: mdl(x, w),
+        variable_axes=_STACKED,
+        split_rngs={"params": True},
+    )(op, xs, weights)
+
+
+def _sampled_edges(op: MixedOp, xs, hard, index):
+    """GDAS: the edges of a group one after another, each computing its sampled op only."""
+    _, ys = nn.scan(
+        lambda mdl, carry, edge: (carry, mdl.sampled(*edge)),
+        variable_axes=_STACKED,
+        split_rngs={"params": True},
+    )(op, None, (xs, hard, index))
+    return ys
 
 
 class SearchCell(nn.Module):
     """A DARTS cell: 2 inputs, `steps` nodes, every node mixes all earlier states.
 
     `weights` has shape (edges, ops); the output concatenates the last `multiplier` nodes.
+    With `index` (edges,) the cell is GDAS's: `weights` are one-hot (straight-through) and edge
+    e computes op `index[e]` only.
     """
 
     channels: int
@@ -52,22 +71,21 @@ class SearchCell(nn.Module):
     train: bool = True
 
     @nn.compact
-    def __call__(self, s0, s1, weights):
+    def __call__(self, s0, s1, weights, index=None):
         c = self.channels
-        if self.reduction_prev:
-            s0 = FactorizedReduce(c, affine=False, train=self.train)(s0)
-        else:
-            s0 = ReLUConvBN(c, affine=False, train=self.train)(s0)
-        s1 = ReLUConvBN(c, affine=False, train=self.train)(s1)
-
+        s0, s1 = _preprocess(c, self.reduction_prev, self.train, s0, s1)
         states = [s0, s1]
         incoming: list[list[jax.Array]] = [[] for _ in range(self.steps)]
-        for group in edge_groups(self.steps):
+        for g, group in enumerate(edge_groups(self.steps)):
             sources = sorted({s for s, _ in group})
             stride = 2 if self.reduction and sources[0] < 2 else 1
             rows = np.array([edge_index(n, s) for s, n in group])
             xs = jnp.stack([states[s] for s, _ in group])
-            ys = _EdgeGroup(c, stride, self.primitives, self.train)(xs, weights[rows])
+            op = MixedOp(c, stride, self.primitives, self.train, name=f"edges_{g}")
+            if index is None:
+                ys = _mixed_edges(op, xs, weights[rows])
+            else:
+                ys = _sampled_edges(op, xs, weights[rows], index[rows])
             # Groups run in source order, so each node sums its inputs in the official order.
             for k, (_, n) in enumerate(group):
                 incoming[n].append(ys[k])
@@ -75,13 +93,77 @@ class SearchCell(nn.Module):
         return jnp.concatenate(states[-self.multiplier :], axis=-1)
 
 
+def _preprocess(c, reduction_prev, train, s0, s1):
+    """Bring both cell inputs to `c` channels at the resolution of `s1`."""
+    if reduction_prev:
+        s0 = FactorizedReduce(c, affine=False, train=train)(s0)
+    else:
+        s0 = ReLUConvBN(c, affine=False, train=train)(s0)
+    return s0, ReLUConvBN(c, affine=False, train=train)(s1)
+
+
+class FixedReductionCell(nn.Module):
+    """GDAS's fixed reduction cell (FRC, Dong & Yang 2019), affine-free as in search.
+
+    Each input (after the usual preprocessing) feeds two branches that halve the resolution:
+    ReLU -> 1x3 conv stride (1, 2) -> 3x1 conv stride (2, 1) (both in 8 groups) -> BN -> ReLU
+    -> 1x1 conv -> BN, and 3x3 max pool stride 2 -> BN. The output concatenates the four
+    branches: 4 * channels, like a 4-node DARTS cell.
+    """
+
+    channels: int
+    reduction_prev: bool
+    train: bool = True
+
+    @nn.compact
+    def __call__(self, s0, s1):
+        c = self.channels
+        if c % 8:
+            raise JnasError(
+                f"the fixed reduction cell groups its convolutions by 8, so it needs a multiple "
+                f"of 8 channels, got {c}; use --init_channels divisible by 4"
+            )
+        s0, s1 = _preprocess(c, self.reduction_prev, self.train, s0, s1)
+
+        def factorized(x):
+            x = nn.relu(x)
+            x = nn.Conv(c, (1, 3), (1, 2), ((0, 0), (1, 1)), feature_group_count=8,
+                        use_bias=False)(x)
+            x = nn.Conv(c, (3, 1), (2, 1), ((1, 1), (0, 0)), feature_group_count=8,
+                        use_bias=False)(x)
+            x = nn.relu(batch_norm(self.train, affine=False)(x))
+            return batch_norm(self.train, affine=False)(nn.Dense(c, use_bias=False)(x))
+
+        def pool(x):
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            return batch_norm(self.train, affine=False)(x)
+
+        return jnp.concatenate([factorized(s0), factorized(s1), pool(s0), pool(s1)], axis=-1)
+
+
+def check_fixed_reduction(steps: int, primitives) -> None:
+    """The FRC belongs to GDAS's DARTS space: it stands in for a 4-node cell of the 8 ops."""
+    if steps != 4 or tuple(primitives) != PRIMITIVES:
+        raise JnasError(
+            "the fixed reduction cell (--fix_reduction) is GDAS's cell for the DARTS space: it "
+            f"needs --nodes 4 and the 8 DARTS ops, got --nodes {steps} and --ops "
+            f"{','.join(primitives)}"
+        )
+
+
 class SearchNetwork(nn.Module):
     """DARTS's search network: stem, `layers` cells, global average pool, linear classifier.
 
     Reduction cells sit at `layers // 3` and `2 * layers // 3`. Call as
     `model.apply(variables, x, alpha, mutable=["batch_stats"])` with NHWC images `x` and
-    `alpha = {"normal": (edges, ops), "reduce": (edges, ops)}` (raw logits: the network takes the
-    softmax per edge).
+    `alpha = {"normal": (edges, ops), "reduce": (edges, ops)}` (raw logits).
+
+    - `mode="darts"`: every edge mixes all ops with `softmax(alpha)` weights.
+    - `mode="gdas"`: every edge computes one op, sampled per cell type by `path_weights` from
+      `key` at temperature `tau` (one sample shared by the batch and by all cells of a type).
+      With `train=False` the path is each edge's most likely op, so evaluation is deterministic.
+    - `fixed_reduction=True`: GDAS's FRC replaces the searched reduction cell, and alpha has
+      the "normal" entry only.
     """
 
     num_classes: int
@@ -92,39 +174,69 @@ class SearchNetwork(nn.Module):
     stem_multiplier: int = 3
     primitives: tuple[str, ...] = PRIMITIVES
     train: bool = True
+    mode: str = "darts"
+    fixed_reduction: bool = False
 
     def alpha_shape(self) -> tuple[int, int]:
         return num_edges(self.steps), len(self.primitives)
 
+    def cell_types(self) -> tuple[str, ...]:
+        """The searched cell types: the keys of alpha."""
+        return ("normal",) if self.fixed_reduction else CELL_TYPES
+
     def init_alpha(self, key) -> dict[str, jax.Array]:
-        """DARTS's initialisation: 1e-3 * N(0, 1) for each cell type."""
-        keys = jax.random.split(key, len(CELL_TYPES))
+        """DARTS's initialisation: 1e-3 * N(0, 1) for each searched cell type."""
+        types = self.cell_types()
+        keys = jax.random.split(key, len(CELL_TYPES))[: len(types)]
         shape = self.alpha_shape()
-        return {
-            t: 1e-3 * jax.random.normal(k, shape) for t, k in zip(CELL_TYPES, keys, strict=True)
-        }
+        return {t: 1e-3 * jax.random.normal(k, shape) for t, k in zip(types, keys, strict=True)}
 
     def reduction_layers(self) -> tuple[int, ...]:
         return (self.layers // 3, 2 * self.layers // 3)
 
     def check_alpha(self, alpha) -> None:
         want = self.alpha_shape()
-        for t in CELL_TYPES:
-            if t not in alpha:
-                raise JnasError(f"alpha needs keys {CELL_TYPES}, got {sorted(alpha)}")
+        if sorted(alpha) != sorted(self.cell_types()):
+            raise JnasError(f"alpha needs keys {self.cell_types()}, got {sorted(alpha)}")
+        for t in self.cell_types():
             if tuple(alpha[t].shape) != want:
                 raise JnasError(
                     f"alpha[{t!r}] has shape {tuple(alpha[t].shape)}, the network needs {want} "
                     f"({want[0]} edges for {self.steps} nodes, {want[1]} candidate ops)"
                 )
 
+    def path_weights(self, alpha, key=None, tau=None) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """GDAS's per-edge paths: `{cell type: (hard (edges, ops), index (edges,))}`.
+
+        Training: `hard = gumbel_softmax(k, alpha[t], tau, hard=True)` with `k` the t-th key of
+        `jax.random.split(key)`. Inference: the one-hot of `argmax(alpha[t])`.
+        """
+        keys = dict(zip(CELL_TYPES, jax.random.split(key), strict=True)) if self.train else {}
+        out = {}
+        for t in self.cell_types():
+            if self.train:
+                hard = gumbel_softmax(keys[t], alpha[t], tau, hard=True)
+            else:
+                hard = jax.nn.one_hot(jnp.argmax(alpha[t], -1), alpha[t].shape[-1])
+            out[t] = (hard, jnp.argmax(hard, -1))
+        return out
+
     @nn.compact
-    def __call__(self, x, alpha):
+    def __call__(self, x, alpha, *, key=None, tau=None):
         primitives = check_primitives(self.primitives)
+        if self.mode not in MODES:
+            raise JnasError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.fixed_reduction:
+            check_fixed_reduction(self.steps, primitives)
         self.check_alpha(alpha)
         if x.ndim != 4 or min(x.shape[1:3]) < 8:
             raise JnasError(f"inputs must be NHWC images of at least 8x8, got shape {x.shape}")
-        weights = {t: jax.nn.softmax(alpha[t], axis=-1) for t in CELL_TYPES}
+        if self.mode == "gdas":
+            if self.train and (key is None or tau is None):
+                raise JnasError("a GDAS network in training samples its paths: pass key and tau")
+            paths = self.path_weights(alpha, key, tau)
+        else:
+            paths = {t: (jax.nn.softmax(alpha[t], axis=-1), None) for t in alpha}
 
         c = self.init_channels
         x = nn.Conv(self.stem_multiplier * c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
@@ -134,9 +246,14 @@ class SearchNetwork(nn.Module):
             reduction = i in self.reduction_layers()
             if reduction:
                 c *= 2
-            cell = SearchCell(
-                c, reduction, reduction_prev, primitives, self.steps, self.multiplier, self.train
-            )
-            s0, s1 = s1, cell(s0, s1, weights["reduce" if reduction else "normal"])
+            if reduction and self.fixed_reduction:
+                out = FixedReductionCell(c, reduction_prev, self.train)(s0, s1)
+            else:
+                cell = SearchCell(
+                    c, reduction, reduction_prev, primitives, self.steps, self.multiplier,
+                    self.train,
+                )
+                out = cell(s0, s1, *paths["reduce" if reduction else "normal"])
+            s0, s1 = s1, out
             reduction_prev = reduction
         return nn.Dense(self.num_classes)(jnp.mean(s1, axis=(1, 2)))

@@ -105,3 +105,40 @@ def darts_hypergrad(
         lambda d, gp, gm: d - lr * (gp - gm) / (2 * eps), dalpha, g_plus, g_minus
     )
     return val_loss, dalpha
+
+
+def milenas_hypergrad(loss_fn: LossFn, w, alpha, train_batch, val_batch, *, lam=1.0):
+    """MiLeNAS's mixed-level architecture gradient (He et al., CVPR 2020).
+
+    `dalpha = grad_alpha L_train(w, alpha) + lam * grad_alpha L_val(w, alpha)`, both at the
+    current weights: no unrolled step, no second-order term. Returns
+    `(L_train + lam * L_val, dalpha)`.
+
+    Example:
+      >>> loss, dalpha = jnas.milenas_hypergrad(loss_fn, w, alpha, train_batch, val_batch)
+    """
+
+    def mixed(alpha):
+        return loss_fn(w, alpha, train_batch) + lam * loss_fn(w, alpha, val_batch)
+
+    return jax.value_and_grad(mixed)(alpha)
+
+
+def gumbel_softmax(key, logits, tau, *, hard=False, axis=-1):
+    """A Gumbel-softmax sample `softmax((log_softmax(logits) + g) / tau)`, `g ~ Gumbel(0, 1)`.
+
+    `hard=True` returns the one-hot of the sample's argmax in value, with the gradient of the
+    soft sample (straight-through, as in GDAS): `one_hot - stop_gradient(soft) + soft`. The
+    one-hot is exact in value, because `soft - stop_gradient(soft)` is exactly zero.
+
+    Example:
+      >>> h = jnas.gumbel_softmax(key, alpha, tau=10.0, hard=True)   # (edges, ops) one-hot rows
+      >>> index = jnp.argmax(h, axis=-1)                               # the sampled op per edge
+    """
+    g = jax.random.gumbel(key, jnp.shape(logits), jnp.result_type(logits))
+    soft = jax.nn.softmax((jax.nn.log_softmax(logits, axis=axis) + g) / tau, axis=axis)
+    if not hard:
+        return soft
+    index = jnp.argmax(soft, axis=axis)
+    one_hot = jax.nn.one_hot(index, soft.shape[axis], axis=axis, dtype=soft.dtype)
+    return one_hot + (soft - jax.lax.stop_gradient(soft))

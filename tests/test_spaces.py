@@ -84,7 +84,7 @@ class ReferenceCell(nn.Module):
             total = 0.0
             for s in range(n + 2):
                 g, k = where[(s, n)]
-                params = jax.tree.map(lambda p, k=k: p[k], group_params[f"VmapMixedOp_{g}"])
+                params = jax.tree.map(lambda p, k=k: p[k], group_params[f"edges_{g}"])
                 stride = 2 if self.reduction and s < 2 else 1
                 op = MixedOp(4, stride, SMALL_OPS, train=True)
                 out, _ = op.apply(
