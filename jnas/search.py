@@ -129,9 +129,13 @@ def epoch_cosine_schedule(config: SearchConfig, steps_per_epoch: int) -> optax.S
 def tau_schedule(config: SearchConfig, steps_per_epoch: int) -> optax.Schedule:
     """GDAS's temperature: linear from tau_max (first epoch) to tau_min (last), per epoch."""
     span = max(config.epochs - 1, 1)
-    return lambda count: config.tau_max - (config.tau_max - config.tau_min) * jnp.minimum(
-        count // steps_per_epoch, span
-    ) / span
+
+    def tau(count):
+        f = jnp.minimum(count // steps_per_epoch, span) / span
+        # Exact at both ends: tau_max - (tau_max - tau_min) rounds in float32.
+        return (1 - f) * config.tau_max + f * config.tau_min
+
+    return tau
 
 
 def weight_optimizer(config: SearchConfig, schedule: optax.Schedule):

@@ -1,0 +1,137 @@
+"""GDAS's single-path network and step: the sampled op is the only op computed, in value the
+network with that op alone per edge, in gradient GDAS's straight-through weights."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnas
+from jnas.ops import MixedOp
+from jnas.search import Search, SearchConfig, tau_schedule
+from jnas.spaces import SearchNetwork
+
+SMALL_OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+
+
+def tiny(**kw):
+    return SearchNetwork(**{"num_classes": 3, "init_channels": 4, "layers": 3, "steps": 2,
+                            "multiplier": 2, "primitives": SMALL_OPS, **kw})
+
+
+def test_sampled_edge_has_gdas_straight_through_weights(key):
+    op = MixedOp(4, 1, SMALL_OPS)
+    x = jax.random.normal(key, (2, 8, 8, 4))
+    hard = jax.nn.one_hot(3, len(SMALL_OPS))
+    variables = op.init(key, x, hard, 3, method=MixedOp.sampled)
+    c = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+
+    def loss(h, index):
+        out, _ = op.apply(variables, x, h, index, method=MixedOp.sampled,
+                          mutable=["batch_stats"])
+        return jnp.sum(c * out)
+
+    single, _ = op.apply(variables, x, method=lambda m, x: m.ops[3](x), mutable=["batch_stats"])
+    out, _ = op.apply(variables, x, hard, 3, method=MixedOp.sampled, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, single, rtol=1e-5, atol=1e-6)
+    grad = jax.grad(loss)(hard, 3)
+    # d/dh_k = <c, op_k(x)> for the sampled k; d/dh_j = sum(c) for the others.
+    # float32 sums of 512 terms: tolerances relative to the terms' magnitude.
+    scale = float(jnp.sum(jnp.abs(c * single)) + jnp.sum(jnp.abs(c)))
+    np.testing.assert_allclose(grad[3], jnp.sum(c * single), atol=1e-6 * scale)
+    others = np.delete(np.asarray(grad), 3)
+    np.testing.assert_allclose(others, np.full(4, float(jnp.sum(c))), atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_gdas_network_equals_the_network_with_the_sampled_op_alone_per_edge(key, train):
+    gdas, darts = tiny(mode="gdas", train=train), tiny(mode="darts", train=train)
+    alpha = {t: jax.random.normal(k, (5, len(SMALL_OPS)))
+             for t, k in zip(("normal", "reduce"), jax.random.split(key), strict=True)}
+    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
+    path_key, tau = jax.random.key(3), 0.5
+    variables = gdas.init(jax.random.key(4), x, alpha, key=path_key, tau=tau)
+    # Both modes share one parameter layout, so the same weights serve both.
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        darts.init(jax.random.key(4), x, alpha))
+
+    paths = gdas.path_weights(alpha, path_key, tau)
+    if train:  # a fresh sample is not the argmax of alpha everywhere
+        assert any(np.any(np.asarray(paths[t][1]) != np.argmax(alpha[t], -1)) for t in paths)
+    else:
+        for t in paths:
+            np.testing.assert_array_equal(paths[t][1], np.argmax(alpha[t], -1))
+    # softmax of log(one-hot) is exactly the one-hot: DARTS's mixture with one op per edge.
+    single = {t: jnp.where(jax.nn.one_hot(i, len(SMALL_OPS)) > 0, 0.0, -jnp.inf)
+              for t, (_, i) in paths.items()}
+
+    def apply(model, a):
+        return model.apply(variables, x, a, key=path_key, tau=tau, mutable=["batch_stats"])[0]
+
+    # Train-mode BN on 4 images amplifies float32 rounding; a wrong op would differ by O(1).
+    np.testing.assert_allclose(apply(gdas, alpha), apply(darts, single), rtol=1e-4, atol=1e-4)
+
+    if train:  # straight-through: every entry of alpha gets a gradient
+        grads = jax.grad(lambda a: jnp.sum(apply(gdas, a) ** 2))(alpha)
+        for g in grads.values():
+            assert np.all(np.isfinite(g)) and np.all(np.asarray(g) != 0)
+
+
+def test_one_sample_per_cell_type_shared_by_the_batch(key):
+    net = tiny(mode="gdas")
+    alpha = net.init_alpha(key)
+    hard, index = net.path_weights(alpha, jax.random.key(5), 1.0)["normal"]
+    assert hard.shape == (5, len(SMALL_OPS)) and index.shape == (5,)
+
+
+def cheap_config(algorithm, **kw):
+    return SearchConfig(algorithm=algorithm, dataset="digits", batch_size=8, epochs=2,
+                        init_channels=4, layers=2, nodes=2, primitives=SMALL_OPS[:4], **kw)
+
+
+def compiled_step_text(config):
+    search = Search(config, num_classes=10, steps_per_epoch=4)
+    x = jnp.zeros((8, 8, 8, 1))
+    state = search.init(jax.random.key(0), x[:2])
+    batch = {"x": x, "y": jnp.zeros(8, jnp.int32)}
+    return search.step.lower(state, batch, batch, jax.random.key(1)).compile().as_text()
+
+
+def conditionals(hlo):
+    """The branch count of every conditional instruction in an HLO module's text."""
+    return [len(m.split(",")) for m in
+            re.findall(r"conditional\(.*branch_computations=\{([^}]*)\}", hlo)]
+
+
+def test_compiled_gdas_step_runs_one_op_per_edge_through_conditionals():
+    ops = len(SMALL_OPS[:4])
+    gdas = conditionals(compiled_step_text(cheap_config("gdas")))
+    # One per edge group and cell type in each forward pass, and more in the backward ones.
+    assert len(gdas) >= 4 and set(gdas) == {ops}, gdas
+    assert conditionals(compiled_step_text(cheap_config("darts"))) == []
+
+
+def test_tau_falls_linearly_from_tau_max_to_tau_min_per_epoch():
+    config = SearchConfig(algorithm="gdas", epochs=5, tau_max=10.0, tau_min=0.1)
+    tau = tau_schedule(config, steps_per_epoch=3)
+    got = [float(tau(s)) for s in range(15)]
+    want = np.repeat(np.linspace(10.0, 0.1, 5), 3)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"tau_min": 0.0}, "0 < --tau_min <= --tau_max"),
+        ({"tau_max": 0.05}, "0 < --tau_min <= --tau_max"),
+        ({"fix_reduction": True, "nodes": 2}, "--nodes 4 and the 8 DARTS ops"),
+        ({"fix_reduction": True, "primitives": SMALL_OPS}, "--nodes 4 and the 8 DARTS ops"),
+        ({"fix_reduction": True, "init_channels": 6}, "multiple of 4"),
+        ({"second_order": True}, "second_order"),
+    ],
+)
+def test_bad_gdas_settings_fail_when_the_config_is_made(kw, message):
+    with pytest.raises(jnas.JnasError, match=re.escape(message)):
+        SearchConfig(algorithm="gdas", **kw)
