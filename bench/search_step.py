@@ -1,6 +1,6 @@
 """Compile time, step time and peak memory of the search steps at the paper's network.
 
-    python bench/search_step.py                     # CPU: batch 16, both DARTS orders
+    python bench/search_step.py                     # CPU: batch 16, DARTS, GDAS, MiLeNAS
     python bench/search_step.py --batch 64          # GPU
     python bench/search_step.py --algos darts_1st --layers 3 --init_channels 8
 
@@ -19,9 +19,12 @@ import sys
 import time
 
 ALGOS = {
-    "darts_1st": {"second_order": False},
-    "darts_2nd": {"second_order": True, "hessian": "exact"},
-    "darts_2nd_fd": {"second_order": True, "hessian": "finite_difference"},
+    "darts_1st": {"algorithm": "darts"},
+    "darts_2nd": {"algorithm": "darts", "second_order": True, "hessian": "exact"},
+    "darts_2nd_fd": {"algorithm": "darts", "second_order": True, "hessian": "finite_difference"},
+    "gdas": {"algorithm": "gdas"},
+    "milenas": {"algorithm": "milenas"},
+    "milenas_gdas": {"algorithm": "milenas", "gumbel": True},
 }
 
 
@@ -57,9 +60,10 @@ def measure(args) -> dict:
     compile_s = time.perf_counter() - t
 
     times = []
-    for _ in range(args.steps + 1):  # the first call also moves the batch to the device
+    for i in range(args.steps + 1):  # the first call also moves the batch to the device
         t = time.perf_counter()
-        state, metrics = step(state, train, val, key)
+        # A new key each step: GDAS's time depends on which ops the sample picked.
+        state, metrics = step(state, train, val, jax.random.fold_in(key, i))
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t)
 
@@ -86,13 +90,15 @@ def measure(args) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--algos", default="darts_1st,darts_2nd", help=f"from {sorted(ALGOS)}")
+    p.add_argument(
+        "--algos", default="darts_1st,darts_2nd,gdas,milenas", help=f"from {sorted(ALGOS)}"
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--init_channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hw", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--steps", type=int, default=3, help="timed steps after compilation")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after compilation")
     p.add_argument("--one", choices=sorted(ALGOS), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:

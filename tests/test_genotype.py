@@ -386,3 +386,19 @@ def test_plot_alpha_rejects_wrong_shape(tmp_path):
     alpha = {"normal": np.zeros((14, 8)), "reduce": np.zeros((14, 8))}
     with pytest.raises(JnasError, match=r"expected \(14, 3\)"):
         plot_alpha(alpha, tmp_path / "a.png", primitives=("none", "conv", "pool"))
+
+
+def test_fixed_reduction_genotype_has_an_empty_reduce_cell_and_round_trips(tmp_path):
+    rng = np.random.default_rng(11)
+    alpha = {"normal": rng.normal(size=(14, 8))}
+    g = derive_genotype(alpha, fixed_reduction=True)
+    assert g.normal == reference_parse(alpha["normal"], PRIMITIVES, 4)
+    assert g.reduce == () and g.reduce_concat == ()
+    save_genotype(g, tmp_path / "frc.json")
+    assert load_genotype(tmp_path / "frc.json") == g
+    # Without fixed_reduction the missing cell is an error, not a silent FRC.
+    with pytest.raises(JnasError, match="alpha has no 'reduce' entry"):
+        derive_genotype(alpha)
+    # Only both fields empty mean the fixed cell.
+    with pytest.raises(JnasError, match="reduce has 0 edges"):
+        validate_genotype(g._replace(reduce_concat=(2, 3, 4, 5)))
