@@ -52,10 +52,11 @@ def test_gdas_network_equals_the_network_with_the_sampled_op_alone_per_edge(key,
              for t, k in zip(("normal", "reduce"), jax.random.split(key), strict=True)}
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
     path_key, tau = jax.random.key(3), 0.5
-    variables = gdas.init(jax.random.key(4), x, alpha, key=path_key, tau=tau)
+    variables = jax.jit(lambda k: gdas.init(k, x, alpha, key=path_key, tau=tau))(
+        jax.random.key(4))
     # Both modes share one parameter layout, so the same weights serve both.
     assert jax.tree.structure(variables) == jax.tree.structure(
-        darts.init(jax.random.key(4), x, alpha))
+        jax.eval_shape(lambda: darts.init(jax.random.key(4), x, alpha)))
 
     paths = gdas.path_weights(alpha, path_key, tau)
     if train:  # a fresh sample is not the argmax of alpha everywhere
@@ -67,14 +68,20 @@ def test_gdas_network_equals_the_network_with_the_sampled_op_alone_per_edge(key,
     single = {t: jnp.where(jax.nn.one_hot(i, len(SMALL_OPS)) > 0, 0.0, -jnp.inf)
               for t, (_, i) in paths.items()}
 
-    def apply(model, a):
-        return model.apply(variables, x, a, key=path_key, tau=tau, mutable=["batch_stats"])[0]
+    # Jitted: eager op-by-op dispatch of the whole network is slower than compiling it.
+    @jax.jit
+    def gdas_logits(a):
+        return gdas.apply(variables, x, a, key=path_key, tau=tau, mutable=["batch_stats"])[0]
+
+    @jax.jit
+    def darts_logits(a):
+        return darts.apply(variables, x, a, mutable=["batch_stats"])[0]
 
     # Train-mode BN on 4 images amplifies float32 rounding; a wrong op would differ by O(1).
-    np.testing.assert_allclose(apply(gdas, alpha), apply(darts, single), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gdas_logits(alpha), darts_logits(single), rtol=1e-4, atol=1e-4)
 
     if train:  # straight-through: every entry of alpha gets a gradient
-        grads = jax.grad(lambda a: jnp.sum(apply(gdas, a) ** 2))(alpha)
+        grads = jax.jit(jax.grad(lambda a: jnp.sum(gdas_logits(a) ** 2)))(alpha)
         for g in grads.values():
             assert np.all(np.isfinite(g)) and np.all(np.asarray(g) != 0)
 
