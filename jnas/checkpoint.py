@@ -33,7 +33,10 @@ class Checkpointer:
     def restore(self, epoch: int, like):
         """Restore the state saved at `epoch` into the structure of `like`."""
         leaves, treedef = jax.tree.flatten(like)
-        abstract = {"leaves": [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]}
+        # Restored with the shardings of `like` (replicated over the run's mesh).
+        abstract = {
+            "leaves": [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in leaves]
+        }
         path = os.path.join(self.directory, str(epoch))
         try:
             restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))

@@ -7,15 +7,24 @@ only its algorithm's flags and fixes `algorithm`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
 from jnas.runner import run_search
 from jnas.search import SearchConfig
+from jnas.sharding import initialize_distributed
 
 # Flags that are not SearchConfig fields.
-_SCRIPT_FLAGS = ("ops", "no_progress")
+_SCRIPT_FLAGS = (
+    "ops",
+    "no_progress",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+)
 
 
 def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
@@ -43,6 +52,22 @@ def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save", default=d.save, help="output folder; rerun to resume")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=d.devices,
+        help="devices per process to split each batch over (default: all local devices)",
+    )
+    hosts = p.add_argument_group(
+        "several hosts",
+        "jax.distributed.initialize() runs with --distributed or when a coordinator is given "
+        "(flag or JAX_COORDINATOR_ADDRESS); unset values come from JAX_NUM_PROCESSES, "
+        "JAX_PROCESS_ID or the cluster (SLURM, Open MPI, Cloud TPU).",
+    )
+    hosts.add_argument("--distributed", action="store_true", help="join a multi-process run")
+    hosts.add_argument("--coordinator_address", help="host:port of process 0")
+    hosts.add_argument("--num_processes", type=int)
+    hosts.add_argument("--process_id", type=int)
     return p
 
 
@@ -57,12 +82,20 @@ def add_gumbel_flags(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
     )
 
 
+def _env_coordinator() -> bool:
+    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+
+
 def main(parser: argparse.ArgumentParser, argv=None, **fixed) -> int:
     """Parse, build the config (`fixed` fields override flags), run; 2 on a JnasError."""
     try:
         args = vars(parser.parse_args(argv))
         fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
         config = SearchConfig(**fields, **fixed, primitives=tuple(args["ops"].split(",")))
+        if args["distributed"] or args["coordinator_address"] or _env_coordinator():
+            initialize_distributed(
+                args["coordinator_address"], args["num_processes"], args["process_id"]
+            )
         run_search(config, progress=not args["no_progress"])
     except JnasError as e:
         print(f"error: {e}", file=sys.stderr)

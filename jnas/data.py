@@ -113,9 +113,13 @@ def num_train_batches(ds: ImageDataset, batch_size: int) -> int:
 
 
 def train_batches(
-    ds: ImageDataset, batch_size: int, *, seed: int, epoch: int
+    ds: ImageDataset, batch_size: int, *, seed: int, epoch: int, rows: slice = slice(None)
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One shuffled, augmented (if ds.augment), normalised epoch; same (seed, epoch), same data."""
+    """One shuffled, augmented (if ds.augment), normalised epoch; same (seed, epoch), same data.
+
+    `rows` selects the rows of every batch to load (a process's share of a global batch); the
+    order and the augmentation are drawn for the whole batch, so the shares add up to it.
+    """
     steps = num_train_batches(ds, batch_size)
     if seed < 0 or epoch < 0:
         raise JnasError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
@@ -123,18 +127,25 @@ def train_batches(
     order = rng.permutation(len(ds))
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]
+        crops = _draw_crops(rng, batch_size) if ds.augment else None
+        index = index[rows]
         x = ds.x[index]
-        if ds.augment:
-            x = _crop_and_flip(x, rng)
+        if crops is not None:
+            x = _crop_and_flip(x, *(c[rows] for c in crops))
         yield {"x": preprocess(ds, x), "y": ds.y[index]}
 
 
-def eval_batches(ds: ImageDataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """All examples in order; the last batch is padded with row 0 and "mask" marks real rows."""
+def eval_batches(
+    ds: ImageDataset, batch_size: int, rows: slice = slice(None)
+) -> Iterator[dict[str, np.ndarray]]:
+    """All examples in order; the last batch is padded with row 0 and "mask" marks real rows.
+
+    `rows` as in `train_batches`.
+    """
     if batch_size < 1:
         raise JnasError(f"--batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(ds), batch_size):
-        index = np.arange(start, start + batch_size)
+        index = np.arange(start, start + batch_size)[rows]
         real = index < len(ds)
         index = np.where(real, index, 0)
         yield {
@@ -156,13 +167,17 @@ def preprocess(ds: ImageDataset, x_uint8: np.ndarray) -> np.ndarray:
     return (x_uint8.astype(np.float32) / 255.0 - mean) / std
 
 
-def _crop_and_flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random crop of the zero-padded images, then a horizontal flip with p=0.5, all at once."""
-    n, h, w, _ = x.shape
-    padded = np.pad(x, ((0, 0), (_PAD, _PAD), (_PAD, _PAD), (0, 0)))
+def _draw_crops(rng: np.random.Generator, n: int):
+    """Per image: crop offsets into the zero-padded image and whether to flip (p=0.5)."""
     top = rng.integers(0, 2 * _PAD + 1, n)
     left = rng.integers(0, 2 * _PAD + 1, n)
-    flip = rng.random(n) < 0.5
+    return top, left, rng.random(n) < 0.5
+
+
+def _crop_and_flip(x: np.ndarray, top, left, flip) -> np.ndarray:
+    """Random crop of the zero-padded images, then the horizontal flips, all at once."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (_PAD, _PAD), (_PAD, _PAD), (0, 0)))
     rows = top[:, None] + np.arange(h)
     cols = left[:, None] + np.arange(w)
     # Flipping the crop is reading its columns right to left.

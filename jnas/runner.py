@@ -9,6 +9,10 @@
 - `checkpoints/<epoch>/`: the full search state after each epoch
 - `config.json`: the settings; rerunning with the same `--save` resumes from the newest
   checkpoint and gives the same result as an uninterrupted run.
+
+The step runs data-parallel over `config.devices` devices of every process (jnas.sharding);
+with several processes each loads only its rows of every batch and process 0 alone writes
+files and prints. `--save` must then be a folder that every process sees.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from jnas.errors import JnasError
 from jnas.genotype import derive_genotype, genotype_to_dict, save_genotype
 from jnas.plotting import plot_alpha, plot_genotype
 from jnas.search import Search, SearchConfig
+from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
 
-# Settings that only say where things are: they may differ between a run and its resumption.
-_LOCATION_FIELDS = ("data_dir", "save")
+# Settings that say where things are and what runs them, not what is computed: they may
+# differ between a run and its resumption.
+_RUN_FIELDS = ("data_dir", "save", "devices")
 
 
 def _config_dict(config: SearchConfig) -> dict:
@@ -41,13 +47,12 @@ def _check_resumable(config: SearchConfig, path: str) -> None:
     """Refuse to resume a run written with other settings: its checkpoint would not fit."""
     new = _config_dict(config)
     if not os.path.exists(path):
-        _write_atomic(path, json.dumps(new, indent=2))
+        if is_main_process():
+            _write_atomic(path, json.dumps(new, indent=2))
         return
     with open(path) as f:
         old = json.load(f)
-    diff = {
-        k: (old.get(k), v) for k, v in new.items() if k not in _LOCATION_FIELDS and old.get(k) != v
-    }
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in _RUN_FIELDS and old.get(k) != v}
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise JnasError(
@@ -75,8 +80,10 @@ def _read_metrics(path: str, up_to_epoch: int) -> list[dict]:
 def evaluate(search: Search, state, dataset, batch_size: int) -> tuple[float, float]:
     """Mean loss and accuracy over a whole split, BatchNorm in inference mode."""
     totals = np.zeros(3)
-    for batch in jdata.eval_batches(dataset, batch_size):
-        totals += np.asarray(jax.device_get(search.eval_step(state, batch)), dtype=np.float64)
+    mine = local_rows(search.mesh, batch_size)
+    for batch in jdata.eval_batches(dataset, batch_size, mine):
+        sums = search.eval_step(state, put_batch(batch, search.mesh))
+        totals += np.asarray(jax.device_get(sums), dtype=np.float64)
     return totals[0] / totals[2], totals[1] / totals[2]
 
 
@@ -108,10 +115,14 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
         jdata.num_train_batches(w_split, config.batch_size),
         jdata.num_train_batches(alpha_split, config.batch_size),
     )
-    os.makedirs(config.save, exist_ok=True)
+    mesh = data_mesh(config.devices)
+    mine = local_rows(mesh, config.batch_size)  # checks that the batch divides over devices
+    main = is_main_process()
+    if main:
+        os.makedirs(config.save, exist_ok=True)
     _check_resumable(config, os.path.join(config.save, "config.json"))
 
-    search = Search(config, dataset.num_classes, steps_per_epoch)
+    search = Search(config, dataset.num_classes, steps_per_epoch, mesh)
     key = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(key)
     state = search.init(init_key, jdata.preprocess(dataset, dataset.x[:2]))
@@ -122,7 +133,8 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
     if start:
         state = checkpointer.restore(start, like=state)
         rows = _read_metrics(os.path.join(config.save, "metrics.jsonl"), start)
-        print(f"resuming {config.save} after epoch {start}")
+        if main:
+            print(f"resuming {config.save} after epoch {start}")
 
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.time()
@@ -130,9 +142,11 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
         # Independent orders for the two halves: epochs 2e and 2e+1 of the data stream. The
         # halves may differ by a batch; the epoch ends with the shorter one.
         batches = zip(
-            jdata.train_batches(w_split, config.batch_size, seed=config.seed, epoch=2 * epoch),
             jdata.train_batches(
-                alpha_split, config.batch_size, seed=config.seed, epoch=2 * epoch + 1
+                w_split, config.batch_size, seed=config.seed, epoch=2 * epoch, rows=mine
+            ),
+            jdata.train_batches(
+                alpha_split, config.batch_size, seed=config.seed, epoch=2 * epoch + 1, rows=mine
             ),
             strict=False,
         )
@@ -140,12 +154,15 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
             batches,
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{config.epochs}",
-            disable=not progress,
+            disable=not (progress and main),
             leave=False,
         )
         for i, (train_batch, val_batch) in enumerate(bar):
             state, m = search.step(
-                state, train_batch, val_batch, jax.random.fold_in(step_key, state.step)
+                state,
+                put_batch(train_batch, mesh),
+                put_batch(val_batch, mesh),
+                jax.random.fold_in(step_key, state.step),
             )
             step_metrics.append(m)
             if i % 10 == 0:
@@ -181,15 +198,18 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
             }
         )
         # Files first, then the checkpoint: a crash in between resumes from the previous
-        # checkpoint and drops this epoch's metrics line.
-        _write_outputs(config, state, rows, genotype)
+        # checkpoint and drops this epoch's metrics line. Every process joins the checkpoint
+        # (Orbax lets one replica write the replicated state).
+        if main:
+            _write_outputs(config, state, rows, genotype)
         checkpointer.save(epoch, state)
-        print(
-            f"epoch {epoch}: train_loss {means['train_loss']:.4f} train_acc "
-            f"{means['train_acc']:.4f} valid_loss {valid_loss:.4f} valid_acc {valid_acc:.4f} "
-            f"({rows[-1]['seconds']:.1f} s)",
-            flush=True,
-        )
+        if main:
+            print(
+                f"epoch {epoch}: train_loss {means['train_loss']:.4f} train_acc "
+                f"{means['train_acc']:.4f} valid_loss {valid_loss:.4f} valid_acc "
+                f"{valid_acc:.4f} ({rows[-1]['seconds']:.1f} s)",
+                flush=True,
+            )
     return rows
 
 

@@ -10,6 +10,9 @@ architecture gradient and the order, as in each published code:
 - `gdas`: GDAS's first-order `grad_alpha L_val` through the straight-through Gumbel sample,
   on the single-path network; weight step first, as in GDAS's code.
 
+The steps are jitted with the batches split over a device mesh and the rest replicated
+(`jnas.sharding`), so the same code runs on one device or many with the same result.
+
 `gumbel=True` gives MiLeNAS the GDAS relaxation (MiLeNAS+GDAS). Under the Gumbel relaxation
 each of the two steps draws its own sample (per cell type and edge, shared by the batch),
 as GDAS's code samples on every forward pass. Batches are `{"x": float NHWC, "y": int}`.
@@ -28,6 +31,7 @@ import optax
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
 from jnas.ops import check_primitives
+from jnas.sharding import batch_sharded, data_mesh, put_replicated, replicated
 from jnas.spaces import SearchNetwork, check_fixed_reduction
 from jnas.transforms import darts_hypergrad, milenas_hypergrad
 
@@ -69,12 +73,15 @@ class SearchConfig:
     fix_reduction: bool = False
     seed: int = 2
     save: str = "runs/darts"
+    devices: int | None = None  # per process; None: all local devices
 
     def __post_init__(self):
         positive = ("batch_size", "epochs", "init_channels", "layers", "nodes", "learning_rate")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise JnasError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.devices is not None and self.devices < 1:
+            raise JnasError(f"--devices must be at least 1, got {self.devices}")
         if not 0 <= self.learning_rate_min <= self.learning_rate:
             raise JnasError("--learning_rate_min must lie in [0, --learning_rate]")
         check_primitives(self.primitives)
@@ -180,19 +187,28 @@ def accuracy(logits, labels):
 class Search:
     """A search algorithm (`config.algorithm`): its state, initialisation and jitted steps."""
 
-    def __init__(self, config: SearchConfig, num_classes: int, steps_per_epoch: int):
+    def __init__(self, config: SearchConfig, num_classes: int, steps_per_epoch: int, mesh=None):
+        """`mesh`: a `jnas.sharding.data_mesh`; the default is the first device alone."""
         self.config = config
+        self.mesh = data_mesh(1) if mesh is None else mesh
         self.model = search_network(config, num_classes, train=True)
         self.eval_model = search_network(config, num_classes, train=False)
         self.lr_schedule = epoch_cosine_schedule(config, steps_per_epoch)
         self.tau_schedule = tau_schedule(config, steps_per_epoch)
         self.w_tx = weight_optimizer(config, self.lr_schedule)
         self.alpha_tx = arch_optimizer(config)
-        self.step = jax.jit(self._step)
-        self.eval_step = jax.jit(self._eval_step)
+        # Batches split over the data axis, everything else replicated (jnas.sharding).
+        rep, batch = replicated(self.mesh), batch_sharded(self.mesh)
+        self.step = jax.jit(
+            self._step, in_shardings=(rep, batch, batch, rep), out_shardings=(rep, rep)
+        )
+        self.eval_step = jax.jit(self._eval_step, in_shardings=(rep, batch), out_shardings=rep)
 
     def init(self, key, sample_x) -> SearchState:
-        """Weights from Flax's initialisers, alpha = 1e-3 * N(0, 1)."""
+        """Weights from Flax's initialisers, alpha = 1e-3 * N(0, 1), replicated over the mesh.
+
+        Computed on one local device: every process gets the same values from the same key.
+        """
         k_w, k_alpha, k_path = jax.random.split(key, 3)
         alpha = self.model.init_alpha(k_alpha)
         # Init runs once, and its random initialisers compile 3x slower than the forward pass
@@ -204,7 +220,7 @@ class Search:
             .compile(compiler_options={"xla_backend_optimization_level": 0})(k_w, sample_x, alpha)
         )
         params, batch_stats = variables["params"], variables["batch_stats"]
-        return SearchState(
+        state = SearchState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=batch_stats,
@@ -212,6 +228,7 @@ class Search:
             w_opt_state=self.w_tx.init(params),
             alpha_opt_state=self.alpha_tx.init(alpha),
         )
+        return put_replicated(state, self.mesh)
 
     def _forward(self, params, batch_stats, alpha, x, key, tau):
         logits, updates = self.model.apply(

@@ -1,5 +1,6 @@
-"""Shared test setup: a persistent compilation cache so that tests which build the same
-search step (and reruns of the suite) compile it once."""
+"""Shared test setup: 4 CPU devices, so that the data-parallel steps are tested on a mesh,
+and a persistent compilation cache so that tests which build the same search step (and
+reruns of the suite) compile it once."""
 
 import os
 import tempfile
@@ -7,6 +8,9 @@ import tempfile
 import jax
 import pytest
 
+# Before anything touches a device. The scripts split batches over all local devices, so
+# every end-to-end test runs data-parallel on 4 devices unless it passes --devices.
+jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update(
     "jax_compilation_cache_dir",
     os.environ.get("JNAS_TEST_CACHE", os.path.join(tempfile.gettempdir(), "jnas-test-jax-cache")),

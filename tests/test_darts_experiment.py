@@ -12,8 +12,10 @@ from PIL import Image
 import jnas
 
 ROOT = Path(__file__).resolve().parents[1]
+# On one of conftest.py's 4 CPU devices: on this 2-core machine 4 devices take a third longer.
+# tests/test_sharding.py runs the scripts on all of them.
 TINY = ["--dataset", "digits", "--layers", "2", "--init_channels", "4", "--batch_size", "32",
-        "--no_progress"]
+        "--no_progress", "--devices", "1"]
 # Few ops keep the compile short for the tests of resuming and errors.
 CHEAP = [*TINY, "--nodes", "2", "--ops", "none,max_pool_3x3,skip_connect,sep_conv_3x3"]
 

@@ -1,0 +1,116 @@
+"""Data parallelism over a 1-D device mesh, on one host or many.
+
+Every search step is `jax.jit` with `NamedSharding`s: the batch is split over the mesh's
+`data` axis, while the weights, alpha, optimizer states and the key are replicated. The step
+is written as the single-device computation on the global batch, so XLA's partitioner turns
+every batch reduction into a cross-device one: the loss means, the gradients and the
+BatchNorm statistics are those of the global batch (synchronised BatchNorm), and one Gumbel
+sample per step, drawn from the replicated key, is shared by all devices. N devices compute
+what one device computes on the same global batch, up to the order of float additions.
+
+Several hosts: call `initialize_distributed` first, then each process loads only its rows of
+every global batch (`local_rows`) and `put_batch` assembles the global array.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jnas.errors import JnasError
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices_per_process: int | None = None) -> Mesh:
+    """A mesh over the first `devices_per_process` local devices of every process (all if None).
+
+    Devices are ordered by process, so each process owns one contiguous block of every batch.
+    """
+    local = jax.local_device_count()
+    n = local if devices_per_process is None else devices_per_process
+    if not 1 <= n <= local:
+        raise JnasError(
+            f"--devices must lie in 1..{local} (the {jax.devices()[0].platform} devices this "
+            f"process sees), got {n}"
+        )
+    by_process: dict[int, list] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    devices = [d for p in sorted(by_process) for d in by_process[p][:n]]
+    return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the data axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(mesh: Mesh, batch_size: int) -> None:
+    if batch_size % mesh.size:
+        raise JnasError(
+            f"--batch_size {batch_size} (the global batch) must divide by the {mesh.size} "
+            f"devices it is split over; pass a multiple of {mesh.size} or set --devices"
+        )
+
+
+def local_rows(mesh: Mesh, batch_size: int) -> slice:
+    """The rows of a global batch that this process's devices hold (and so must load)."""
+    check_batch_size(mesh, batch_size)
+    per_device = batch_size // mesh.size
+    mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+    return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
+
+
+def put_batch(local_batch, mesh: Mesh):
+    """This process's rows (`local_rows`) of a global batch -> global arrays split over `data`."""
+    sharding = batch_sharded(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Values that every process holds alike -> arrays replicated over the mesh."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
+def is_main_process() -> bool:
+    """Only process 0 writes files and prints."""
+    return jax.process_index() == 0
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """`jax.distributed.initialize`, with CPU collectives over gloo so CPU hosts work too.
+
+    Arguments left None come from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and
+    `JAX_PROCESS_ID`, else from JAX's cluster detection (SLURM, Open MPI, Cloud TPU).
+    Must run before anything touches a device.
+    """
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and "JAX_NUM_PROCESSES" in env:
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in env:
+        process_id = int(env["JAX_PROCESS_ID"])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
