@@ -3,6 +3,8 @@
     python bench/search_step.py                     # CPU: batch 16, DARTS, GDAS, MiLeNAS
     python bench/search_step.py --batch 64          # GPU
     python bench/search_step.py --algos darts_1st --layers 3 --init_channels 8
+    python bench/search_step.py --batch 64 --devices 8   # data-parallel over 8 devices
+    JAX_NUM_CPU_DEVICES=4 python bench/search_step.py --devices 4   # 4 CPU devices
 
 Prints one JSON line per algorithm. Each algorithm runs in a fresh subprocess so that neither
 compilation caches nor peak memory carry over between rows.
@@ -33,6 +35,7 @@ def measure(args) -> dict:
     import numpy as np
 
     from jnas.search import Search, SearchConfig
+    from jnas.sharding import data_mesh, put_batch
 
     config = SearchConfig(
         batch_size=args.batch,
@@ -40,7 +43,8 @@ def measure(args) -> dict:
         layers=args.layers,
         **ALGOS[args.one],
     )
-    search = Search(config, args.classes, steps_per_epoch=391)
+    mesh = data_mesh(args.devices)
+    search = Search(config, args.classes, steps_per_epoch=391, mesh=mesh)
     rng = np.random.default_rng(0)
 
     def batch():
@@ -54,7 +58,7 @@ def measure(args) -> dict:
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
 
-    train, val, key = batch(), batch(), jax.random.key(1)
+    train, val, key = put_batch(batch(), mesh), put_batch(batch(), mesh), jax.random.key(1)
     t = time.perf_counter()
     step = search.step.lower(state, train, val, key).compile()
     compile_s = time.perf_counter() - t
@@ -74,6 +78,7 @@ def measure(args) -> dict:
         "backend": jax.default_backend(),
         "device": device.device_kind,
         "batch": args.batch,
+        "devices": mesh.size,
         "init_channels": args.init_channels,
         "layers": args.layers,
         "hw": args.hw,
@@ -98,6 +103,7 @@ def main():
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hw", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--devices", type=int, default=1, help="split the batch over N devices")
     p.add_argument("--steps", type=int, default=5, help="timed steps after compilation")
     p.add_argument("--one", choices=sorted(ALGOS), help=argparse.SUPPRESS)
     args = p.parse_args()
