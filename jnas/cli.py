@@ -82,17 +82,14 @@ def add_gumbel_flags(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
     )
 
 
-def _env_coordinator() -> bool:
-    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
-
-
 def main(parser: argparse.ArgumentParser, argv=None, **fixed) -> int:
     """Parse, build the config (`fixed` fields override flags), run; 2 on a JnasError."""
     try:
         args = vars(parser.parse_args(argv))
         fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
         config = SearchConfig(**fields, **fixed, primitives=tuple(args["ops"].split(",")))
-        if args["distributed"] or args["coordinator_address"] or _env_coordinator():
+        coordinator = args["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        if args["distributed"] or coordinator:
             initialize_distributed(
                 args["coordinator_address"], args["num_processes"], args["process_id"]
             )

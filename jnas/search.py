@@ -80,8 +80,6 @@ class SearchConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise JnasError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.devices is not None and self.devices < 1:
-            raise JnasError(f"--devices must be at least 1, got {self.devices}")
         if not 0 <= self.learning_rate_min <= self.learning_rate:
             raise JnasError("--learning_rate_min must lie in [0, --learning_rate]")
         check_primitives(self.primitives)
