@@ -18,7 +18,14 @@ from jnas.genotype import (
     validate_genotype,
 )
 from jnas.spaces import SearchCell, SearchNetwork
-from jnas.transforms import darts_hypergrad, gumbel_softmax, milenas_hypergrad, unrolled_step
+from jnas.transforms import (
+    darts_hypergrad,
+    gumbel_softmax,
+    maml_adapt,
+    maml_meta_grad,
+    milenas_hypergrad,
+    unrolled_step,
+)
 
 __all__ = [
     "DARTS_V1",
@@ -32,6 +39,8 @@ __all__ = [
     "derive_genotype",
     "gumbel_softmax",
     "load_genotype",
+    "maml_adapt",
+    "maml_meta_grad",
     "milenas_hypergrad",
     "save_genotype",
     "unrolled_step",
