@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by the search scripts in experiments/.
+"""Command-line plumbing shared by the scripts in experiments/.
 
 Every script has the same flags, outputs, progress bars and resume behaviour; a script adds
 only its algorithm's flags and fixes `algorithm`.
@@ -10,13 +10,17 @@ import argparse
 import os
 import sys
 
+from jnas.episodes import FEWSHOT_DATASETS
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
+from jnas.meta import ALGORITHMS as META_ALGORITHMS
+from jnas.meta import MetaConfig
+from jnas.meta_runner import run_meta
 from jnas.runner import run_search
 from jnas.search import SearchConfig
 from jnas.sharding import initialize_distributed
 
-# Flags that are not SearchConfig fields.
+# Flags that are not SearchConfig (MetaConfig) fields.
 _SCRIPT_FLAGS = (
     "ops",
     "no_progress",
@@ -58,6 +62,12 @@ def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
         default=d.devices,
         help="devices per process to split each batch over (default: all local devices)",
     )
+    add_host_flags(p)
+    return p
+
+
+def add_host_flags(p: argparse.ArgumentParser) -> None:
+    """jax.distributed's settings, for runs over several processes (hosts)."""
     hosts = p.add_argument_group(
         "several hosts",
         "jax.distributed.initialize() runs with --distributed or when a coordinator is given "
@@ -68,7 +78,6 @@ def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
     hosts.add_argument("--coordinator_address", help="host:port of process 0")
     hosts.add_argument("--num_processes", type=int)
     hosts.add_argument("--process_id", type=int)
-    return p
 
 
 def add_gumbel_flags(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
@@ -83,17 +92,74 @@ def add_gumbel_flags(p: argparse.ArgumentParser, defaults: SearchConfig) -> None
 
 
 def main(parser: argparse.ArgumentParser, argv=None, **fixed) -> int:
-    """Parse, build the config (`fixed` fields override flags), run; 2 on a JnasError."""
-    try:
-        args = vars(parser.parse_args(argv))
+    """Parse, build the config (`fixed` fields override flags), search; 2 on a JnasError."""
+
+    def run(args):
         fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
         config = SearchConfig(**fields, **fixed, primitives=tuple(args["ops"].split(",")))
+        run_search(config, progress=not args["no_progress"])
+
+    return _run(parser, argv, run)
+
+
+def meta_parser(doc: str, defaults: MetaConfig) -> argparse.ArgumentParser:
+    """The flags of experiments/tnas.py: every MetaConfig field, the defaults the papers'."""
+    d = defaults
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--algo", default=d.algo, choices=META_ALGORITHMS)
+    p.add_argument("--dataset", default=d.dataset, choices=FEWSHOT_DATASETS)
+    p.add_argument("--data_dir", default=d.data_dir, help="folder of the data (see README)")
+    for name in ("way", "shot", "query", "meta_batch", "inner_steps", "inner_steps_test"):
+        p.add_argument(f"--{name}", type=int, default=getattr(d, name))
+    for name in ("inner_lr_w", "inner_lr_alpha", "meta_lr_w", "meta_lr_alpha"):
+        p.add_argument(f"--{name}", type=float, default=getattr(d, name))
+    p.add_argument("--iterations", type=int, default=d.iterations, help="meta-iterations")
+    p.add_argument(
+        "--first_order", action="store_true", help="first-order MAML (no second derivatives)"
+    )
+    p.add_argument("--test_episodes", type=int, default=d.test_episodes)
+    p.add_argument("--filters", type=int, default=d.filters, help="MAML's conv learner width")
+    p.add_argument("--init_channels", type=int, default=d.init_channels, help="T-NAS's C")
+    p.add_argument("--layers", type=int, default=d.layers, help="cells, normal and reduction")
+    p.add_argument("--nodes", type=int, default=d.nodes, help="intermediate nodes per cell")
+    p.add_argument(
+        "--ops", default=",".join(d.primitives), help="comma-separated candidate operations"
+    )
+    p.add_argument("--log_every", type=int, default=d.log_every, help="meta-iterations")
+    p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save", default=d.save, help="output folder; rerun to resume")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=d.devices,
+        help="devices per process to split the tasks over (default: all local devices)",
+    )
+    add_host_flags(p)
+    return p
+
+
+def meta_main(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse, build the MetaConfig, meta-train and test; 2 on a JnasError."""
+
+    def run(args):
+        fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
+        config = MetaConfig(**fields, primitives=tuple(args["ops"].split(",")))
+        run_meta(config, progress=not args["no_progress"])
+
+    return _run(parser, argv, run)
+
+
+def _run(parser: argparse.ArgumentParser, argv, run) -> int:
+    try:
+        args = vars(parser.parse_args(argv))
         coordinator = args["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
         if args["distributed"] or coordinator:
             initialize_distributed(
                 args["coordinator_address"], args["num_processes"], args["process_id"]
             )
-        run_search(config, progress=not args["no_progress"])
+        run(args)
     except JnasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

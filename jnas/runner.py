@@ -39,16 +39,16 @@ from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
 _RUN_FIELDS = ("data_dir", "save", "devices")
 
 
-def _config_dict(config: SearchConfig) -> dict:
+def _config_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def _check_resumable(config: SearchConfig, path: str) -> None:
+def check_resumable(config, path: str) -> None:
     """Refuse to resume a run written with other settings: its checkpoint would not fit."""
     new = _config_dict(config)
     if not os.path.exists(path):
         if is_main_process():
-            _write_atomic(path, json.dumps(new, indent=2))
+            write_atomic(path, json.dumps(new, indent=2))
         return
     with open(path) as f:
         old = json.load(f)
@@ -61,20 +61,21 @@ def _check_resumable(config: SearchConfig, path: str) -> None:
         )
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
 
 
-def _read_metrics(path: str, up_to_epoch: int) -> list[dict]:
-    """Metrics of the epochs a checkpoint covers (a crash may have left later lines)."""
+def read_metrics(path: str, up_to: int, key: str = "epoch") -> list[dict]:
+    """Metrics of the epochs (iterations) a checkpoint covers (a crash may have left later
+    lines)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r["epoch"] <= up_to_epoch]
+    return [r for r in rows if r[key] <= up_to]
 
 
 def evaluate(search: Search, state, dataset, batch_size: int) -> tuple[float, float]:
@@ -94,7 +95,7 @@ def _write_outputs(config: SearchConfig, state, metrics_rows: list[dict], genoty
     tmp = os.path.join(save, "alphas.tmp.npz")
     np.savez(tmp, **alpha)
     os.replace(tmp, os.path.join(save, "alphas.npz"))
-    _write_atomic(
+    write_atomic(
         os.path.join(save, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in metrics_rows)
     )
     epoch = metrics_rows[-1]["epoch"]
@@ -120,7 +121,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
     main = is_main_process()
     if main:
         os.makedirs(config.save, exist_ok=True)
-    _check_resumable(config, os.path.join(config.save, "config.json"))
+    check_resumable(config, os.path.join(config.save, "config.json"))
 
     search = Search(config, dataset.num_classes, steps_per_epoch, mesh)
     key = jax.random.key(config.seed)
@@ -132,7 +133,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
     rows = []
     if start:
         state = checkpointer.restore(start, like=state)
-        rows = _read_metrics(os.path.join(config.save, "metrics.jsonl"), start)
+        rows = read_metrics(os.path.join(config.save, "metrics.jsonl"), start)
         if main:
             print(f"resuming {config.save} after epoch {start}")
 
@@ -168,7 +169,8 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{float(m['train_loss']):.3f}")
         bar.close()
-        means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(step_metrics)).items()}
+        stacked = jax.device_get(stack_metrics(step_metrics))
+        means = {k: float(np.mean(v)) for k, v in stacked.items()}
         if not all(np.isfinite(v) for v in means.values()):
             raise JnasError(
                 f"the loss became non-finite in epoch {epoch} ({means}). The files and the "
@@ -213,5 +215,6 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
     return rows
 
 
-def _stack(metrics: list[dict]) -> dict:
+def stack_metrics(metrics: list[dict]) -> dict:
+    """Per-step metric dicts -> one dict of stacked arrays (one host transfer)."""
     return jax.tree.map(lambda *xs: np.stack(xs), *metrics)

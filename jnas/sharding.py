@@ -53,17 +53,17 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_batch_size(mesh: Mesh, batch_size: int) -> None:
+def check_batch_size(mesh: Mesh, batch_size: int, flag: str = "--batch_size") -> None:
     if batch_size % mesh.size:
         raise JnasError(
-            f"--batch_size {batch_size} (the global batch) must divide by the {mesh.size} "
+            f"{flag} {batch_size} (the global batch) must divide by the {mesh.size} "
             f"devices it is split over; pass a multiple of {mesh.size} or set --devices"
         )
 
 
-def local_rows(mesh: Mesh, batch_size: int) -> slice:
+def local_rows(mesh: Mesh, batch_size: int, flag: str = "--batch_size") -> slice:
     """The rows of a global batch that this process's devices hold (and so must load)."""
-    check_batch_size(mesh, batch_size)
+    check_batch_size(mesh, batch_size, flag)
     per_device = batch_size // mesh.size
     mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
     return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)

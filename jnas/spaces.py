@@ -102,6 +102,26 @@ def _preprocess(c, reduction_prev, train, s0, s1):
     return s0, ReLUConvBN(c, affine=False, train=train)(s1)
 
 
+def derived_edge_weights(alpha, primitives=PRIMITIVES, steps: int = 4) -> jax.Array:
+    """`derive_genotype`'s rule for one cell as (edges, ops) 0/1 mixing weights, traceable.
+
+    Each node keeps its 2 strongest incoming edges (strength: the largest softmax weight over
+    ops other than 'none'; ties to the lower input, as `lax.top_k` orders them), each with its
+    best such op: a one-hot row; dropped edges get a zero row. Passed as `edge_weights`, it
+    makes the search network compute the derived architecture, inside jit, per task.
+    """
+    usable = jnp.array([op != "none" for op in primitives])
+    masked = jnp.where(usable, jax.nn.softmax(alpha, axis=-1), -jnp.inf)
+    chosen = jax.nn.one_hot(jnp.argmax(masked, -1), len(primitives), dtype=alpha.dtype)
+    strength = jnp.max(masked, -1)
+    keep = []
+    for node in range(steps):
+        lo, hi = edge_index(node, 0), edge_index(node + 1, 0)
+        _, kept = jax.lax.top_k(strength[lo:hi], 2)
+        keep.append(jnp.zeros(hi - lo, bool).at[kept].set(True))
+    return jnp.where(jnp.concatenate(keep)[:, None], chosen, 0.0)
+
+
 class FixedReductionCell(nn.Module):
     """GDAS's fixed reduction cell (FRC, Dong & Yang 2019), affine-free as in search.
 
@@ -164,6 +184,11 @@ class SearchNetwork(nn.Module):
       With `train=False` the path is each edge's most likely op, so evaluation is deterministic.
     - `fixed_reduction=True`: GDAS's FRC replaces the searched reduction cell, and alpha has
       the "normal" entry only.
+    - `edge_weights={cell type: (edges, ops)}` replaces `softmax(alpha)` in DARTS mode: with
+      `derived_edge_weights` it runs the derived (discrete) architecture on the supernet's
+      weights.
+    - `reductions` places the reduction cells (T-NAS's 2-cell network: `(1,)`), and
+      `stem_stride` shrinks large few-shot images in the stem (84x84 -> 28x28 at 3).
     """
 
     num_classes: int
@@ -176,6 +201,8 @@ class SearchNetwork(nn.Module):
     train: bool = True
     mode: str = "darts"
     fixed_reduction: bool = False
+    reductions: tuple[int, ...] | None = None  # reduction cell indices; None: DARTS's two
+    stem_stride: int = 1
 
     def alpha_shape(self) -> tuple[int, int]:
         return num_edges(self.steps), len(self.primitives)
@@ -192,6 +219,8 @@ class SearchNetwork(nn.Module):
         return {t: 1e-3 * jax.random.normal(k, shape) for t, k in zip(types, keys, strict=True)}
 
     def reduction_layers(self) -> tuple[int, ...]:
+        if self.reductions is not None:
+            return tuple(self.reductions)
         return (self.layers // 3, 2 * self.layers // 3)
 
     def check_alpha(self, alpha) -> None:
@@ -222,7 +251,7 @@ class SearchNetwork(nn.Module):
         return out
 
     @nn.compact
-    def __call__(self, x, alpha, *, key=None, tau=None):
+    def __call__(self, x, alpha, *, key=None, tau=None, edge_weights=None):
         primitives = check_primitives(self.primitives)
         if self.mode not in MODES:
             raise JnasError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -235,11 +264,19 @@ class SearchNetwork(nn.Module):
             if self.train and (key is None or tau is None):
                 raise JnasError("a GDAS network in training samples its paths: pass key and tau")
             paths = self.path_weights(alpha, key, tau)
+        elif edge_weights is not None:
+            paths = {t: (edge_weights[t], None) for t in alpha}
         else:
             paths = {t: (jax.nn.softmax(alpha[t], axis=-1), None) for t in alpha}
 
         c = self.init_channels
-        x = nn.Conv(self.stem_multiplier * c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
+        x = nn.Conv(
+            self.stem_multiplier * c,
+            (3, 3),
+            strides=self.stem_stride,
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+        )(x)
         s0 = s1 = batch_norm(self.train, affine=True)(x)
         reduction_prev = False
         for i in range(self.layers):

@@ -1,0 +1,293 @@
+"""Few-shot meta-learning of weights and architectures: MAML, Auto-MAML and T-NAS.
+
+One meta-iteration takes `meta_batch` N-way K-shot tasks; per task the learner adapts on the
+support set with `maml_adapt` and is scored on the query set; the meta-gradient of the mean
+query loss (`maml_meta_grad`, exact through the inner loop unless `first_order`) updates the
+meta-parameters with Adam. Tasks are batched with `jax.vmap` and split over the devices of a
+mesh, like the search steps' batches (`jnas.sharding`).
+
+- `maml` (Finn et al., 2017): the 4-block convolutional learner; only weights.
+- `auto_maml` (Lian et al., 2020): the DARTS search network; alpha is meta-learned and shared
+  by the tasks, only the weights adapt (alpha's inner rate is 0), yet alpha's meta-gradient
+  runs through the weights' adaptation.
+- `tnas` (Lian et al., 2020): weights and alpha both adapt per task, at their own rates.
+
+BatchNorm normalises every set with its own statistics, in adaptation and in evaluation
+(MAML's transductive batch norm), so there are no running averages in the state.
+
+Evaluation on a task: MAML adapts for `inner_steps_test` steps. Auto-MAML and T-NAS derive a
+discrete architecture (T-NAS first adapts alpha on the task's support set, Auto-MAML uses the
+meta-alpha), then re-train that architecture from the meta-weights on the support set for
+`inner_steps_test` steps, and score it on the query set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jnas.errors import JnasError
+from jnas.genotype import PRIMITIVES
+from jnas.ops import batch_norm, check_primitives
+from jnas.search import accuracy, cross_entropy, init_variables
+from jnas.sharding import batch_sharded, data_mesh, put_replicated, replicated
+from jnas.spaces import SearchNetwork, derived_edge_weights
+from jnas.transforms import maml_adapt, maml_meta_grad
+
+ALGORITHMS = ("maml", "auto_maml", "tnas")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """One meta-training run. Defaults: T-NAS's Mini-ImageNet 5-way 1-shot setting (Lian et
+    al., 2020), which takes MAML's (Finn et al., 2017) for the inner loop and the weights; the
+    architecture's rates are DARTS's. `iterations` is MAML's 60,000."""
+
+    algo: str = "tnas"
+    dataset: str = "mini_imagenet"
+    data_dir: str | None = None
+    way: int = 5
+    shot: int = 1
+    query: int = 15
+    meta_batch: int = 4
+    inner_steps: int = 5
+    inner_steps_test: int = 10
+    inner_lr_w: float = 0.01
+    inner_lr_alpha: float = 3e-3
+    meta_lr_w: float = 1e-3
+    meta_lr_alpha: float = 3e-4
+    iterations: int = 60_000
+    first_order: bool = False
+    test_episodes: int = 600
+    filters: int = 64  # MAML's learner
+    init_channels: int = 16  # T-NAS's network
+    layers: int = 2
+    nodes: int = 4
+    primitives: tuple[str, ...] = PRIMITIVES
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    seed: int = 0
+    save: str = "runs/tnas"
+    devices: int | None = None  # per process; None: all local devices
+
+    def __post_init__(self):
+        if self.algo not in ALGORITHMS:
+            raise JnasError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
+        positive = (
+            "way", "shot", "query", "meta_batch", "iterations", "test_episodes", "filters",
+            "init_channels", "layers", "nodes", "log_every", "checkpoint_every",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise JnasError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("inner_steps", "inner_steps_test"):
+            if getattr(self, name) < 0:
+                raise JnasError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.checkpoint_every % self.log_every:
+            raise JnasError(
+                f"--checkpoint_every {self.checkpoint_every} must be a multiple of --log_every "
+                f"{self.log_every}, so that a resumed run logs the same windows"
+            )
+        check_primitives(self.primitives)
+
+    @property
+    def searches_architecture(self) -> bool:
+        return self.algo != "maml"
+
+
+class MetaState(NamedTuple):
+    step: jax.Array
+    w: Any
+    alpha: Any  # {} for MAML
+    w_opt_state: Any
+    alpha_opt_state: Any
+
+
+def _max_pool_2x2(x):
+    """2x2 max pooling, stride 2, odd edges dropped, as a reshape and a max: its gradient is
+    an elementwise mask, where `nn.max_pool`'s is XLA's select-and-scatter, which made the
+    learner's backward pass 8x its forward on XLA:CPU."""
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+class ConvLearner(nn.Module):
+    """MAML's learner: 4 x (3x3 conv, `filters` channels -> BN -> ReLU -> 2x2 max pool) ->
+    linear. 28x28 Omniglot ends at 1x1, 84x84 Mini-ImageNet at 5x5."""
+
+    num_classes: int
+    filters: int = 64
+    blocks: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.blocks):
+            x = nn.Conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(x)
+            x = nn.relu(batch_norm(train=True, affine=True)(x))
+            x = _max_pool_2x2(x)
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def meta_network(config: MetaConfig, image_shape: tuple[int, int, int]) -> nn.Module:
+    """MAML's ConvLearner, or the T-NAS search network: DARTS cells alternating normal and
+    reduction (a normal and a reduction cell by default), the stem striding large images
+    down to about 28x28 (84x84 -> 28x28), the width of the paper's C=16."""
+    if not config.searches_architecture:
+        return ConvLearner(config.way, config.filters)
+    return SearchNetwork(
+        num_classes=config.way,
+        init_channels=config.init_channels,
+        layers=config.layers,
+        steps=config.nodes,
+        multiplier=config.nodes,
+        primitives=tuple(config.primitives),
+        reductions=tuple(range(1, config.layers, 2)),
+        stem_stride=max(1, image_shape[0] // 28),
+    )
+
+
+class MetaLearner:
+    """A meta-learning algorithm (`config.algo`): state, initialisation, jitted steps.
+
+    `step(state, tasks) -> (state, metrics)` takes one meta-iteration on a batch of episodes
+    (`jnas.episodes.EpisodeSampler.batch`); `eval_step(state, tasks) -> (losses, accuracies)`
+    scores each episode after test-time adaptation. Tasks are split over the mesh.
+    """
+
+    def __init__(self, config: MetaConfig, image_shape: tuple[int, int, int], mesh=None):
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.mesh = data_mesh(1) if mesh is None else mesh
+        self.model = meta_network(config, self.image_shape)
+        self.w_tx = optax.adam(config.meta_lr_w)
+        self.alpha_tx = optax.adam(config.meta_lr_alpha, b1=0.5, b2=0.999)
+        rep, tasks = replicated(self.mesh), batch_sharded(self.mesh)
+        self.step = jax.jit(self._step, in_shardings=(rep, tasks), out_shardings=(rep, rep))
+        self.eval_step = jax.jit(self._eval_step, in_shardings=(rep, tasks), out_shardings=rep)
+
+    def init(self, key) -> MetaState:
+        """Flax's initialisers for w, 1e-3 * N(0, 1) for alpha, replicated over the mesh."""
+        k_w, k_alpha = jax.random.split(key)
+        x = jnp.zeros((2, *self.image_shape), jnp.float32)
+        if self.config.searches_architecture:
+            alpha = self.model.init_alpha(k_alpha)
+            w = init_variables(self.model.init, k_w, x, alpha)["params"]
+        else:
+            alpha = {}
+            w = init_variables(self.model.init, k_w, x)["params"]
+        state = MetaState(
+            step=jnp.zeros((), jnp.int32),
+            w=w,
+            alpha=alpha,
+            w_opt_state=self.w_tx.init(w),
+            alpha_opt_state=self.alpha_tx.init(alpha),
+        )
+        return put_replicated(state, self.mesh)
+
+    def loss(self, params, batch, edge_weights=None):
+        """`(cross entropy, accuracy)` of `params` (w, or {"w", "alpha"}) on `(x, y)`."""
+        x, y = batch
+        if self.config.searches_architecture:
+            args = (x, params["alpha"])
+            kwargs = {"edge_weights": edge_weights}
+            params = params["w"]
+        else:
+            args, kwargs = (x,), {}
+        # Batch statistics normalise; the running averages Flax would keep are dropped.
+        logits, _ = self.model.apply({"params": params}, *args, mutable=["batch_stats"], **kwargs)
+        return cross_entropy(logits, y), accuracy(logits, y)
+
+    def meta_params(self, state: MetaState):
+        if self.config.searches_architecture:
+            return {"w": state.w, "alpha": state.alpha}
+        return state.w
+
+    def inner_lr(self):
+        """The inner rates as a prefix of `meta_params`: Auto-MAML's alpha has a static 0."""
+        cfg = self.config
+        if cfg.algo == "maml":
+            return cfg.inner_lr_w
+        return {"w": cfg.inner_lr_w, "alpha": cfg.inner_lr_alpha if cfg.algo == "tnas" else 0.0}
+
+    def _step(self, state: MetaState, tasks):
+        cfg = self.config
+
+        def task_grad(params, task):
+            (loss, acc), grads = maml_meta_grad(
+                self.loss,
+                params,
+                (task["support_x"], task["support_y"]),
+                (task["query_x"], task["query_y"]),
+                inner_lr=self.inner_lr(),
+                inner_steps=cfg.inner_steps,
+                first_order=cfg.first_order,
+                has_aux=True,
+            )
+            return loss, acc, grads
+
+        losses, accs, grads = jax.vmap(task_grad, in_axes=(None, 0))(self.meta_params(state), tasks)
+        grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+        w_grads, alpha_grads = (
+            (grads["w"], grads["alpha"]) if cfg.searches_architecture else (grads, {})
+        )
+        w_updates, w_opt_state = self.w_tx.update(w_grads, state.w_opt_state, state.w)
+        a_updates, a_opt_state = self.alpha_tx.update(
+            alpha_grads, state.alpha_opt_state, state.alpha
+        )
+        new_state = MetaState(
+            step=state.step + 1,
+            w=optax.apply_updates(state.w, w_updates),
+            alpha=optax.apply_updates(state.alpha, a_updates),
+            w_opt_state=w_opt_state,
+            alpha_opt_state=a_opt_state,
+        )
+        return new_state, {"loss": jnp.mean(losses), "acc": jnp.mean(accs)}
+
+    def task_alpha(self, state: MetaState, support):
+        """The architecture a task gets: T-NAS adapts alpha (with w) on its support set for
+        `inner_steps_test` steps; Auto-MAML's is the meta-alpha."""
+        if self.config.algo != "tnas":
+            return state.alpha
+        adapted = maml_adapt(
+            self.loss,
+            self.meta_params(state),
+            support,
+            inner_lr=self.inner_lr(),
+            inner_steps=self.config.inner_steps_test,
+            has_aux=True,
+        )
+        return adapted["alpha"]
+
+    def _eval_step(self, state: MetaState, tasks):
+        cfg = self.config
+
+        def score(task):
+            support = (task["support_x"], task["support_y"])
+            query = (task["query_x"], task["query_y"])
+            if cfg.searches_architecture:
+                alpha = self.task_alpha(state, support)
+                derived = {
+                    t: derived_edge_weights(a, cfg.primitives, cfg.nodes) for t, a in alpha.items()
+                }
+
+                def loss(w, batch):
+                    return self.loss({"w": w, "alpha": alpha}, batch, derived)
+            else:
+                loss = self.loss
+            w = maml_adapt(
+                loss,
+                state.w,
+                support,
+                inner_lr=cfg.inner_lr_w,
+                inner_steps=cfg.inner_steps_test,
+                has_aux=True,
+            )
+            return loss(w, query)
+
+        return jax.vmap(score)(tasks)
