@@ -13,12 +13,12 @@ compilation caches nor peak memory carry over between rows.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import statistics
-import subprocess
+import os
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import environment, run_rows, timed  # noqa: E402
 
 ALGOS = {
     "darts_1st": {"algorithm": "darts"},
@@ -63,20 +63,15 @@ def measure(args) -> dict:
     step = search.step.lower(state, train, val, key).compile()
     compile_s = time.perf_counter() - t
 
-    times = []
-    for i in range(args.steps + 1):  # the first call also moves the batch to the device
-        t = time.perf_counter()
+    def run(i):
+        nonlocal state
         # A new key each step: GDAS's time depends on which ops the sample picked.
         state, metrics = step(state, train, val, jax.random.fold_in(key, i))
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t)
+        return state, metrics
 
-    device = jax.devices()[0]
-    stats = device.memory_stats() or {}
+    times = timed(run, args.steps + 1)
     return {
         "algo": args.one,
-        "backend": jax.default_backend(),
-        "device": device.device_kind,
         "batch": args.batch,
         "devices": mesh.size,
         "init_channels": args.init_channels,
@@ -85,11 +80,7 @@ def measure(args) -> dict:
         "classes": args.classes,
         "init_s": round(init_s, 2),
         "compile_s": round(compile_s, 2),
-        "step_s_median": round(statistics.median(times[1:]), 4),
-        "steps_timed": args.steps,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_device_mb": round(stats.get("peak_bytes_in_use", 0) / 2**20, 1) or None,
-        "jax": jax.__version__,
+        **environment(times),
     }
 
 
@@ -106,15 +97,7 @@ def main():
     p.add_argument("--devices", type=int, default=1, help="split the batch over N devices")
     p.add_argument("--steps", type=int, default=5, help="timed steps after compilation")
     p.add_argument("--one", choices=sorted(ALGOS), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.one:
-        print(json.dumps(measure(args)), flush=True)
-        return
-    for algo in args.algos.split(","):
-        if algo not in ALGOS:
-            sys.exit(f"unknown algo {algo!r}; choose from {sorted(ALGOS)}")
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", algo]
-        subprocess.run(cmd, check=True)
+    run_rows(p.parse_args(), ALGOS, measure)
 
 
 if __name__ == "__main__":

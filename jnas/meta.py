@@ -215,7 +215,8 @@ class MetaLearner:
             return cfg.inner_lr_w
         return {"w": cfg.inner_lr_w, "alpha": cfg.inner_lr_alpha if cfg.algo == "tnas" else 0.0}
 
-    def _step(self, state: MetaState, tasks):
+    def meta_grad(self, params, tasks):
+        """Per-task query losses and accuracies, and the meta-gradient averaged over tasks."""
         cfg = self.config
 
         def task_grad(params, task):
@@ -231,8 +232,12 @@ class MetaLearner:
             )
             return loss, acc, grads
 
-        losses, accs, grads = jax.vmap(task_grad, in_axes=(None, 0))(self.meta_params(state), tasks)
-        grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+        losses, accs, grads = jax.vmap(task_grad, in_axes=(None, 0))(params, tasks)
+        return losses, accs, jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+
+    def _step(self, state: MetaState, tasks):
+        cfg = self.config
+        losses, accs, grads = self.meta_grad(self.meta_params(state), tasks)
         w_grads, alpha_grads = (
             (grads["w"], grads["alpha"]) if cfg.searches_architecture else (grads, {})
         )

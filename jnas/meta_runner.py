@@ -3,7 +3,8 @@
 `run_meta(config)` writes into `config.save`:
 
 - `metrics.jsonl`: one line per `log_every` meta-iterations (mean query loss and accuracy
-  after adaptation, over the window's tasks; seconds; meta-iterations per second)
+  after adaptation, over the window's tasks; seconds; meta-iterations per second), and
+  `curves.png`, the two against the meta-iteration
 - `test.json`: the final test accuracy, mean and 95% confidence interval over the fixed
   `test_episodes` episodes of the test classes
 - `genotype.json`, `alphas.npz`, `genotype.png`, `alphas.png` (Auto-MAML, T-NAS): the
@@ -28,9 +29,19 @@ from jnas.episodes import EpisodeSampler, load_fewshot
 from jnas.errors import JnasError
 from jnas.genotype import derive_genotype, save_genotype
 from jnas.meta import MetaConfig, MetaLearner
-from jnas.plotting import plot_alpha, plot_genotype
-from jnas.runner import check_resumable, read_metrics, stack_metrics, write_atomic
+from jnas.plotting import plot_alpha, plot_curves, plot_genotype
+from jnas.runner import (
+    RUN_FIELDS,
+    check_resumable,
+    read_metrics,
+    stack_metrics,
+    write_atomic,
+)
 from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
+
+# Meta-training has no schedule, so a run may be continued to more iterations, and the final
+# test may use another number of episodes.
+_MAY_DIFFER = (*RUN_FIELDS, "iterations", "test_episodes")
 
 # One test set for every run and seed, so that models are compared on the same episodes.
 TEST_SEED = 0
@@ -46,8 +57,9 @@ def test_accuracy(learner: MetaLearner, state, sampler: EpisodeSampler, count: i
     accs = []
     for tasks in sampler.fixed(count, batch, seed=seed):
         mask = tasks.pop("mask")
-        _, acc = learner.eval_step(state, put_batch({k: v[mine] for k, v in tasks.items()},
-                                                    learner.mesh))
+        _, acc = learner.eval_step(
+            state, put_batch({k: v[mine] for k, v in tasks.items()}, learner.mesh)
+        )
         accs.append(np.asarray(jax.device_get(acc))[mask > 0])
     accs = np.concatenate(accs)
     return float(accs.mean()), float(1.96 * accs.std(ddof=1) / np.sqrt(len(accs))), len(accs)
@@ -63,8 +75,12 @@ def _write_architecture(config: MetaConfig, state) -> None:
     os.replace(tmp, os.path.join(save, "alphas.npz"))
     title = f"meta-iteration {int(state.step)}"
     plot_genotype(genotype, os.path.join(save, "genotype.png"), title=title)
-    plot_alpha(alpha, os.path.join(save, "alphas.png"), primitives=config.primitives,
-               title=f"softmax(alpha), {title}")
+    plot_alpha(
+        alpha,
+        os.path.join(save, "alphas.png"),
+        primitives=config.primitives,
+        title=f"softmax(alpha), {title}",
+    )
 
 
 def run_meta(config: MetaConfig, *, progress: bool = True) -> dict:
@@ -78,7 +94,7 @@ def run_meta(config: MetaConfig, *, progress: bool = True) -> dict:
     main = is_main_process()
     if main:
         os.makedirs(config.save, exist_ok=True)
-    check_resumable(config, os.path.join(config.save, "config.json"))
+    check_resumable(config, os.path.join(config.save, "config.json"), _MAY_DIFFER)
 
     learner = MetaLearner(config, train.image_shape, mesh)
     state = learner.init(jax.random.key(config.seed))
@@ -128,6 +144,13 @@ def run_meta(config: MetaConfig, *, progress: bool = True) -> dict:
         window, t0 = [], time.time()
         if main:
             write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+            plot_curves(
+                rows,
+                os.path.join(config.save, "curves.png"),
+                "iteration",
+                ("query_loss", "query_acc"),
+                title=f"{config.algo}, {config.dataset}",
+            )
             if config.searches_architecture:
                 _write_architecture(config, state)
         if done % config.checkpoint_every == 0 or done == config.iterations:
@@ -135,8 +158,12 @@ def run_meta(config: MetaConfig, *, progress: bool = True) -> dict:
     bar.close()
 
     mean, ci95, n = test_accuracy(learner, state, test_sampler, config.test_episodes, TEST_SEED)
-    result = {"test_acc": mean, "test_ci95": ci95, "test_episodes": n,
-              "iterations": config.iterations}
+    result = {
+        "test_acc": mean,
+        "test_ci95": ci95,
+        "test_episodes": n,
+        "iterations": config.iterations,
+    }
     if main:
         write_atomic(os.path.join(config.save, "test.json"), json.dumps(result, indent=2))
         print(

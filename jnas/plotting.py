@@ -242,3 +242,24 @@ def plot_alpha(
     if title:
         fig.suptitle(title)
     return _save_figure(fig, path)
+
+
+def plot_curves(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    x: str,
+    ys: Sequence[str],
+    title: str | None = None,
+) -> Path:
+    """Line plots of the metrics `ys` against `x` over logged rows, one panel each, into a PNG."""
+    fig = Figure(figsize=(4.2 * len(ys), 3.2), dpi=110, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(ys)))
+    xs = [r[x] for r in rows]
+    for ax, y in zip(axes, ys, strict=True):
+        ax.plot(xs, [r[y] for r in rows], marker="." if len(rows) < 50 else None)
+        ax.set_xlabel(x)
+        ax.set_title(y)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save_figure(fig, path)

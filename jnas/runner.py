@@ -36,15 +36,16 @@ from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
 
 # Settings that say where things are and what runs them, not what is computed: they may
 # differ between a run and its resumption.
-_RUN_FIELDS = ("data_dir", "save", "devices")
+RUN_FIELDS = ("data_dir", "save", "devices")
 
 
 def _config_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def check_resumable(config, path: str) -> None:
-    """Refuse to resume a run written with other settings: its checkpoint would not fit."""
+def check_resumable(config, path: str, may_differ: tuple[str, ...] = RUN_FIELDS) -> None:
+    """Refuse to resume a run written with other settings (those not in `may_differ`): its
+    checkpoint would not fit them, or it would compute something else."""
     new = _config_dict(config)
     if not os.path.exists(path):
         if is_main_process():
@@ -52,7 +53,7 @@ def check_resumable(config, path: str) -> None:
         return
     with open(path) as f:
         old = json.load(f)
-    diff = {k: (old.get(k), v) for k, v in new.items() if k not in _RUN_FIELDS and old.get(k) != v}
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in may_differ and old.get(k) != v}
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise JnasError(

@@ -92,8 +92,9 @@ def test_zero_rate_group_is_not_adapted_yet_gets_the_meta_gradient_through_the_r
     must give exactly what a traced zero rate gives."""
     support, query = regression_task(2)
     params = jax.tree.map(jnp.asarray, PARAMS)
-    adapted = jnas.maml_adapt(loss_fn, params, support, inner_lr={"a": 0.1, "b": 0.0},
-                              inner_steps=4)
+    adapted = jnas.maml_adapt(
+        loss_fn, params, support, inner_lr={"a": 0.1, "b": 0.0}, inner_steps=4
+    )
     np.testing.assert_array_equal(adapted["b"], PARAMS["b"])
     _, grads = jnas.maml_meta_grad(
         loss_fn, params, support, query, inner_lr={"a": 0.1, "b": 0.0}, inner_steps=4
@@ -112,8 +113,7 @@ def test_zero_rate_group_is_not_adapted_yet_gets_the_meta_gradient_through_the_r
 def test_zero_steps_is_the_plain_query_gradient():
     support, query = regression_task(3)
     params = jax.tree.map(jnp.asarray, PARAMS)
-    loss, grads = jnas.maml_meta_grad(loss_fn, params, support, query, inner_lr=0.1,
-                                      inner_steps=0)
+    loss, grads = jnas.maml_meta_grad(loss_fn, params, support, query, inner_lr=0.1, inner_steps=0)
     want_loss, want = jax.value_and_grad(loss_fn)(params, query)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-14)
     for k in params:
@@ -135,8 +135,7 @@ def test_meta_grad_matches_finite_differences_on_a_nonlinear_model():
         adapted = jnas.maml_adapt(mlp_loss, p, support, inner_lr=0.05, inner_steps=3)
         return mlp_loss(adapted, query)
 
-    _, grads = jnas.maml_meta_grad(mlp_loss, params, support, query, inner_lr=0.05,
-                                   inner_steps=3)
+    _, grads = jnas.maml_meta_grad(mlp_loss, params, support, query, inner_lr=0.05, inner_steps=3)
     direction = {k: jnp.asarray(rng.normal(size=v.shape)) for k, v in params.items()}
     eps = 1e-6
     shifted = [jax.tree.map(lambda p, d, s=s: p + s * eps * d, params, direction) for s in (1, -1)]
@@ -174,8 +173,9 @@ def test_has_aux_returns_the_query_aux():
     (loss, aux), grads = jnas.maml_meta_grad(
         with_aux, params, support, query, inner_lr=0.1, inner_steps=2, has_aux=True
     )
-    plain_loss, plain = jnas.maml_meta_grad(loss_fn, params, support, query, inner_lr=0.1,
-                                            inner_steps=2)
+    plain_loss, plain = jnas.maml_meta_grad(
+        loss_fn, params, support, query, inner_lr=0.1, inner_steps=2
+    )
     np.testing.assert_allclose(aux["twice"], 2 * plain_loss, rtol=1e-14)
     np.testing.assert_allclose(grads["a"], plain["a"], rtol=1e-14)
 
