@@ -128,7 +128,9 @@ class ConvLearner(nn.Module):
     @nn.compact
     def __call__(self, x):
         for _ in range(self.blocks):
-            x = nn.Conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(x)
+            # No bias: BN removes it, so its gradient is rounding noise, which Adam would
+            # scale up to full-size steps.
+            x = nn.Conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
             x = nn.relu(batch_norm(train=True, affine=True)(x))
             x = _max_pool_2x2(x)
         return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))

@@ -145,7 +145,7 @@ def test_auto_maml_adapts_weights_only_and_tnas_adapts_alpha():
         _, _, grads = jax.jit(learner.meta_grad)(learner.meta_params(state), tasks)
         # Alpha is meta-learned in both; in Auto-MAML only through the weights' adaptation.
         assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads["alpha"]))
-        task_alpha = learner.task_alpha(state, support)
+        task_alpha = jax.jit(learner.task_alpha)(state, support)
         moved = max(float(jnp.max(jnp.abs(task_alpha[t] - state.alpha[t]))) for t in state.alpha)
         assert (moved > 0) == (algo == "tnas")
 
@@ -237,7 +237,7 @@ def test_bad_settings_are_refused(fake_omniglot, tmp_path, capsys):
     script = load_script("tnas")
     cases = [
         (["--iterations", "2", "--checkpoint_every", "3"], "multiple of --log_every"),
-        (["--iterations", "2", "--way", "9"], "--way"),
+        (["--iterations", "2", "--way", "40"], "--way 40"),
         (["--iterations", "2", "--meta_batch", "3", "--devices", "2"], "--meta_batch 3"),
         (["--iterations", "0"], "--iterations must be positive"),
     ]
