@@ -243,9 +243,11 @@ def _load_cifar(name: str, data_dir: str | None, split: str) -> ImageDataset:
 
 
 def _load_tfds(
-    name: str, data_dir: str | None, split: str, local_names: tuple[str, ...]
+    name: str, data_dir: str | None, split: str, local_names: tuple[str, ...], joiner: str = "or"
 ) -> tuple[np.ndarray, np.ndarray]:
-    files = " or ".join(local_names)
+    """A whole TFDS split as (x uint8 NHWC, y int32); `local_names` are the local files that
+    were looked for instead (any one of them: joiner "or"; all: "and"), for the messages."""
+    files = f" {joiner} ".join(local_names)
     if data_dir:
         no_local = f"no {files} in --data_dir {data_dir} or {Path(data_dir) / name}"
     else:
@@ -276,10 +278,11 @@ def _load_tfds(
         text = str(err).strip()
         reason = text.split(". ")[0].splitlines()[0] if text else type(err).__name__
         raise JnasError(
-            f"{name} split {split!r} was not found: {no_local}, and TFDS has no prepared copy "
-            f'in {tfds_dir} ({reason}). Where there is internet, run: python -c "import '
-            f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir or 'DIR'}')"
-            '.download_and_prepare()", then pass --data_dir pointing at that folder'
+            f"{name} split {split!r} was not found: {no_local}, and TFDS has no prepared "
+            f"'{name}' in {tfds_dir} ({reason}). Where there is internet, run: python -c "
+            f"\"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+            f"data_dir='{data_dir or 'DIR'}').download_and_prepare()\", then pass --data_dir "
+            "pointing at that folder"
         ) from None
     if not parts:
         raise JnasError(f"TFDS {name} split {split!r} in {tfds_dir} has no examples")

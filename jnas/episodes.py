@@ -9,13 +9,12 @@ static shape so a jitted meta-step compiles once.
 import csv
 import dataclasses
 import functools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from jnas.data import _decode_jpegs, _read_npz
+from jnas.data import _decode_jpegs, _load_tfds, _read_npz
 from jnas.errors import JnasError
 
 FEWSHOT_DATASETS = ("omniglot", "mini_imagenet")
@@ -36,8 +35,6 @@ _MINI_FILE = "mini_imagenet_100_per_class_jpeg.npz"
 _MINI_SIZE = 84
 _MINI_MEAN = (0.485, 0.456, 0.406)  # the ImageNet constants
 _MINI_STD = (0.229, 0.224, 0.225)
-
-_TFDS_CHUNK = 10_000  # examples per tf.data batch when reading a whole TFDS split
 
 
 # eq=False: the fields are arrays, so generated __eq__/__hash__ would be ambiguous or fail.
@@ -300,7 +297,7 @@ def _omniglot_tfds(data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     # is the global character id 0..1622 in both, the same numbering as the packed files.
     xs, ys = [], []
     for tfds_split in ("train", "test"):
-        x, y = _tfds_arrays(data_dir, tfds_split)
+        x, y = _load_tfds("omniglot", data_dir, tfds_split, _OMNIGLOT_FILES, joiner="and")
         xs.append(_omniglot_28(x[..., :1], f"TFDS omniglot {tfds_split!r}"))  # RGB, all alike
         ys.append(y)
     ids, chars = _group_by_label(np.concatenate(xs), np.concatenate(ys), "TFDS omniglot")
@@ -323,56 +320,6 @@ def _omniglot_28(x: np.ndarray, source: str) -> np.ndarray:
     # Inverted so that ink is bright and the background is 0: the zero padding of the
     # convolutions then matches the background.
     return 255 - out
-
-
-def _tfds_arrays(data_dir: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """TFDS omniglot split as (x uint8 NHWC, y int64), read the way jnas.data._load_tfds does."""
-    files = " and ".join(_OMNIGLOT_FILES)
-    if data_dir:
-        no_local = f"no {files} in --data_dir {data_dir} or {Path(data_dir) / 'omniglot'}"
-    else:
-        no_local = f"no --data_dir was given to look for {files}"
-    tfds_dir = data_dir or "TFDS's default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
-    # Keep TensorFlow's start-up chatter out of the training log unless the user asked for it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise JnasError(
-            f"omniglot: {no_local}, and tensorflow-datasets is not installed; "
-            'pip install "jnas[tfds]", or pass a --data_dir that holds those two .npz files '
-            "(or a folder omniglot/ with them)"
-        ) from None
-    try:
-        # TF must not reserve the GPU that JAX is about to use; it only feeds numpy here.
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass  # TF was already initialised by the caller; its device choice stands.
-    try:
-        ds = tfds.load(
-            "omniglot", split=split, data_dir=data_dir, download=False, as_supervised=True
-        )
-        # Whole split in a few large batches: batch_size=-1 needs the split size from metadata
-        # (absent under tfds.testing.mock_data).
-        parts = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
-    except Exception as err:  # TFDS raises assorted types when data is missing or unreadable
-        # First sentence only: TFDS's own advice (download=True) does not apply here.
-        text = str(err).strip()
-        reason = text.split(". ")[0].splitlines()[0] if text else type(err).__name__
-        raise JnasError(
-            f"omniglot was not found: {no_local}, and TFDS has no prepared 'omniglot' in "
-            f"{tfds_dir} ({reason}). Either put {files} (the packed Lake arrays) in --data_dir "
-            'or --data_dir/omniglot, or, where there is internet, run: python -c "import '
-            "tensorflow_datasets as tfds; tfds.builder('omniglot', data_dir="
-            f"'{data_dir or 'DIR'}').download_and_prepare()\" and pass --data_dir pointing at "
-            "that folder"
-        ) from None
-    if not parts:
-        raise JnasError(f"TFDS omniglot split {split!r} in {tfds_dir} has no examples")
-    x = np.concatenate([p[0] for p in parts]).astype(np.uint8)
-    y = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    return x, y
 
 
 # --- Mini-ImageNet ------------------------------------------------------------------------------
