@@ -53,6 +53,13 @@ def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
     p.add_argument("--arch_learning_rate", type=float, default=d.arch_learning_rate)
     p.add_argument("--arch_weight_decay", type=float, default=d.arch_weight_decay)
     p.add_argument("--grad_clip", type=float, default=d.grad_clip)
+    add_run_flags(p, d, "each batch")
+    return p
+
+
+def add_run_flags(p: argparse.ArgumentParser, d, split: str) -> None:
+    """Seed, output folder, progress bar, devices and hosts: every script's (`d`: the config
+    with the defaults; `split`: what is split over the devices, for the help)."""
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save", default=d.save, help="output folder; rerun to resume")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -60,10 +67,9 @@ def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
         "--devices",
         type=int,
         default=d.devices,
-        help="devices per process to split each batch over (default: all local devices)",
+        help=f"devices per process to split {split} over (default: all local devices)",
     )
     add_host_flags(p)
-    return p
 
 
 def add_host_flags(p: argparse.ArgumentParser) -> None:
@@ -127,16 +133,7 @@ def meta_parser(doc: str, defaults: MetaConfig) -> argparse.ArgumentParser:
     )
     p.add_argument("--log_every", type=int, default=d.log_every, help="meta-iterations")
     p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save", default=d.save, help="output folder; rerun to resume")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=d.devices,
-        help="devices per process to split the tasks over (default: all local devices)",
-    )
-    add_host_flags(p)
+    add_run_flags(p, d, "the tasks")
     return p
 
 

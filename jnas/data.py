@@ -155,8 +155,9 @@ def eval_batches(
         }
 
 
-def preprocess(ds: ImageDataset, x_uint8: np.ndarray) -> np.ndarray:
-    """uint8 NHWC -> float32 (x / 255 - mean) / std with the dataset's per-channel statistics."""
+def preprocess(ds, x_uint8: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, C) -> float32 (x / 255 - mean) / std with the per-channel statistics
+    of `ds` (an ImageDataset or a few-shot split: anything with `mean` and `std`)."""
     if x_uint8.dtype != np.uint8 or x_uint8.shape[-1:] != (len(ds.mean),):
         raise JnasError(
             f"preprocess expects uint8 images with {len(ds.mean)} channels last, got "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jnas.data import _decode_jpegs, _load_tfds, _read_npz
+from jnas.data import _decode_jpegs, _load_tfds, _read_npz, preprocess
 from jnas.errors import JnasError
 
 FEWSHOT_DATASETS = ("omniglot", "mini_imagenet")
@@ -98,18 +98,6 @@ def load_fewshot(name: str, data_dir: str | None, split: str) -> FewShotSplit:
     if name == "omniglot":
         return _load_omniglot(data_dir, split)
     return _load_mini_imagenet(data_dir, split)
-
-
-def preprocess(split: FewShotSplit, x_uint8: np.ndarray) -> np.ndarray:
-    """uint8 (..., H, W, C) -> float32 (x / 255 - mean) / std with the split's statistics."""
-    if x_uint8.dtype != np.uint8 or x_uint8.shape[-1:] != (len(split.mean),):
-        raise JnasError(
-            f"preprocess expects uint8 images with {len(split.mean)} channels last, got "
-            f"{x_uint8.dtype} {x_uint8.shape}"
-        )
-    mean = np.asarray(split.mean, np.float32)
-    std = np.asarray(split.std, np.float32)
-    return (x_uint8.astype(np.float32) / 255.0 - mean) / std
 
 
 class EpisodeSampler:
