@@ -15,6 +15,9 @@ def run_rows(args: argparse.Namespace, known, measure) -> None:
     """With `--one NAME`, print `measure(args)` as JSON; otherwise rerun this script once per
     name in `--algos`, so that neither compilation caches nor peak memory carry over."""
     if args.one:
+        from jnas.cli import avoid_gpu_compiler_abort
+
+        avoid_gpu_compiler_abort()
         print(json.dumps(measure(args)), flush=True)
         return
     for algo in args.algos.split(","):

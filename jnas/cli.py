@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+import jax
+
 from jnas.episodes import FEWSHOT_DATASETS
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
@@ -20,10 +22,13 @@ from jnas.runner import run_search
 from jnas.search import SearchConfig
 from jnas.sharding import initialize_distributed
 
+DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla")
+
 # Flags that are not SearchConfig (MetaConfig) fields.
 _SCRIPT_FLAGS = (
     "ops",
     "no_progress",
+    "compile_cache",
     "distributed",
     "coordinator_address",
     "num_processes",
@@ -63,6 +68,13 @@ def add_run_flags(p: argparse.ArgumentParser, d, split: str) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save", default=d.save, help="output folder; rerun to resume")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compile_cache",
+        default=os.environ.get("JNAS_COMPILE_CACHE", DEFAULT_COMPILE_CACHE),
+        help="folder of JAX's persistent compilation cache, so that a resumed or repeated run "
+        "does not compile its steps again; 'none' turns it off (default: $JNAS_COMPILE_CACHE "
+        "or %(default)s)",
+    )
     p.add_argument(
         "--devices",
         type=int,
@@ -148,9 +160,22 @@ def meta_main(parser: argparse.ArgumentParser, argv=None) -> int:
     return _run(parser, argv, run)
 
 
+def avoid_gpu_compiler_abort() -> None:
+    """Turn off XLA's Triton GEMM fusion on GPU unless XLA_FLAGS already sets it: with jax
+    0.11.2 on an H100, compiling a search step aborted the process in that pass (a failed
+    check in triton_tiling_propagation.cc); with the flag it compiled and ran. Effective only
+    before JAX first touches a device, so the scripts call it first."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_enable_triton_gemm" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
+
+
 def _run(parser: argparse.ArgumentParser, argv, run) -> int:
+    avoid_gpu_compiler_abort()
     try:
         args = vars(parser.parse_args(argv))
+        if args["compile_cache"] != "none":
+            jax.config.update("jax_compilation_cache_dir", args["compile_cache"])
         coordinator = args["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
         if args["distributed"] or coordinator:
             initialize_distributed(

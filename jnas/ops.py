@@ -8,14 +8,22 @@ such block with dilation 2, `skip_connect` is the identity (FactorizedReduce at 
 Pointwise (1x1) convolutions are written as `nn.Dense` on the channel axis: the same map, and
 when edges are batched with `vmap` it becomes one batched matmul instead of a grouped
 convolution.
+
+On XLA:CPU the depthwise convolutions and max pooling run as shifted views of the padded input
+with their own derivative rules (`depthwise_conv`, `pool_3x3`): XLA's grouped convolution and
+select-and-scatter were most of a search step there (bench/README.md has the measurements).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jnas.errors import JnasError
 
@@ -61,6 +69,108 @@ class ReLUConvBN(nn.Module):
         return batch_norm(self.train, self.affine)(x)
 
 
+def depthwise_conv(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+    dimension_numbers=None, feature_group_count=1, precision=None,
+):
+    """`lax.conv_general_dilated` for a depthwise NHWC x HWIO convolution, chosen per backend.
+
+    XLA's grouped convolution (one channel per group) is the fast path only on GPU and only
+    without dilation. XLA:CPU runs it, and both its gradients, 5-50x slower than the same sum
+    written out as shifted views (`_depthwise`); on an H100 cuDNN's dilated depthwise
+    convolution was 8-15x slower than that sum (bench/README.md). Elsewhere the sum runs; it
+    is the same function, to float rounding.
+    """
+    if jax.default_backend() != "cpu" and tuple(rhs_dilation or (1, 1)) == (1, 1):
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision,
+        )
+    if rhs.shape[2] != 1 or not feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
+        raise JnasError(f"depthwise_conv needs a (k, k, 1, C) kernel, got {rhs.shape}")
+    if lhs_dilation not in (None, (1, 1)):
+        raise JnasError("depthwise_conv does not dilate its input")
+    return _depthwise(
+        lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), tuple(rhs_dilation or (1, 1))
+    )
+
+
+def _tap(x, i, j, out_shape, strides, dilation):
+    """The window of padded input `x` that tap (i, j) of the kernel multiplies.
+
+    A dynamic slice even for static taps: written as static slices, the same network's step
+    measured 4x slower on XLA:CPU (its fusion choices differ), for 10 % less compile time.
+    """
+    (n, oh, ow, c), (sh, sw), (dh, dw) = out_shape, strides, dilation
+    size = (n, (oh - 1) * sh + 1, (ow - 1) * sw + 1, c)
+    return lax.dynamic_slice(x, (0, i * dh, j * dw, 0), size)[:, ::sh, ::sw]
+
+
+def _padded(x, padding, fill=0.0):
+    """`x` padded, and materialised: otherwise XLA fuses the pad, and the ops that produce
+    `x` (ReLU, BatchNorm), into each of the k*k shifted reads, computing them k*k times."""
+    return lax.optimization_barrier(jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=fill))
+
+
+def _out_shape(x, kernel, strides, dilation):
+    (n, h, w, c), (kh, kw) = x.shape, kernel.shape[:2]
+    (sh, sw), (dh, dw) = strides, dilation
+    return n, (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1, c
+
+
+def _unrolled(x, kernel, strides, dilation):
+    """sum_ij tap(i, j) * kernel[i, j]: one fused loop forward, one for the input gradient."""
+    shape = _out_shape(x, kernel, strides, dilation)
+    kh, kw = kernel.shape[:2]
+    return sum(
+        _tap(x, i, j, shape, strides, dilation) * kernel[i, j, 0]
+        for i in range(kh)
+        for j in range(kw)
+    )
+
+
+def _scanned(x, kernel, strides, dilation):
+    """The same sum as a loop over taps: transposed, it computes the kernel gradient as one
+    reduction per tap inside a loop, where unrolled taps make XLA write every window out.
+    The body is rematerialised so that the windows are recomputed, not stacked, backward."""
+    shape = _out_shape(x, kernel, strides, dilation)
+    kh, kw = kernel.shape[:2]
+
+    @jax.checkpoint
+    def body(acc, tap):
+        t, k = tap
+        return acc + _tap(x, t // kw, t % kw, shape, strides, dilation) * k, None
+
+    taps = (jnp.arange(kh * kw), kernel.reshape(kh * kw, -1))
+    return lax.scan(body, jnp.zeros(shape, x.dtype), taps)[0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x, kernel, strides, padding, dilation):
+    """Depthwise convolution as shifted, strided windows times per-channel weights.
+
+    Its tangent in x is the unrolled sum (whose transpose, the input gradient, is one fused
+    loop of pads) and in the kernel the scanned sum (whose transpose is one reduction per tap);
+    both are ordinary JAX, so every order of derivative, forward or reverse, is exact.
+    """
+    return _unrolled(_padded(x, padding), kernel, strides, dilation)
+
+
+@functools.partial(_depthwise.defjvp, symbolic_zeros=True)
+def _depthwise_jvp(strides, padding, dilation, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    xp = _padded(x, padding)
+    out = _unrolled(xp, kernel, strides, dilation)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(dx, SymbolicZero):
+        tangent = tangent + _unrolled(_padded(dx, padding), kernel, strides, dilation)
+    if not isinstance(dkernel, SymbolicZero):
+        tangent = tangent + _scanned(xp, dkernel, strides, dilation)
+    return out, tangent
+
+
 class DilConv(nn.Module):
     """ReLU -> depthwise k x k (dilation d) -> pointwise -> BN."""
 
@@ -83,6 +193,7 @@ class DilConv(nn.Module):
             kernel_dilation=self.dilation,
             feature_group_count=x.shape[-1],
             use_bias=False,
+            conv_general_dilated=depthwise_conv,
         )(x)
         x = nn.Dense(self.features, use_bias=False)(x)
         return batch_norm(self.train, self.affine)(x)
@@ -124,6 +235,50 @@ class FactorizedReduce(nn.Module):
         return batch_norm(self.train, self.affine)(jnp.concatenate([a, b], axis=-1))
 
 
+def _windows(x, stride, fill):
+    """The 9 shifted, strided views of `x` padded by one `fill` pixel that 3x3 pooling reads."""
+    n, h, w, c = x.shape
+    xp = _padded(x, ((1, 1), (1, 1)), fill)
+    shape = (n, _output_size(h, stride), _output_size(w, stride), c)
+    return [_tap(xp, i, j, shape, (stride, stride), (1, 1)) for i in range(3) for j in range(3)]
+
+
+def pool_3x3(x, kind: str, stride: int):
+    """3x3 max or average pooling with padding 1 (the average excludes the padding).
+
+    Max pooling is written as elementwise maxima of shifted views with its own gradient rule
+    (`_max_pool_3x3`): `nn.max_pool`'s gradient is XLA's select-and-scatter, which XLA:CPU
+    runs 3x slower. For the average, `nn.avg_pool` measured faster than the same rewrite.
+    """
+    if kind == "max":
+        return _max_pool_3x3(x, stride)
+    pad = ((1, 1), (1, 1))
+    return nn.avg_pool(x, (3, 3), (stride, stride), pad, count_include_pad=False)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _max_pool_3x3(x, stride):
+    return functools.reduce(jnp.maximum, _windows(x, stride, -jnp.inf))
+
+
+@_max_pool_3x3.defjvp
+def _max_pool_3x3_jvp(stride, primals, tangents):
+    """Each output's tangent is its first maximal input's, in window order, as in PyTorch's
+    max pooling gradient. The winning tap is found once, as a small integer array, so that
+    the gradient (its transpose) reads one index per window instead of redoing the search."""
+    (x,), (dx,) = primals, tangents
+    windows = _windows(x, stride, -jnp.inf)
+    out = functools.reduce(jnp.maximum, windows)
+    first = jnp.full(out.shape, len(windows) - 1, jnp.int8)
+    for t in reversed(range(len(windows) - 1)):
+        first = jnp.where(windows[t] == out, jnp.int8(t), first)
+    tangent = sum(
+        jnp.where(first == t, window, 0.0)
+        for t, window in enumerate(_windows(dx, stride, 0.0))
+    )
+    return out, tangent
+
+
 class Pool(nn.Module):
     """3x3 max or average pooling (average excludes the padding), then affine-free BN."""
 
@@ -133,14 +288,7 @@ class Pool(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        pad = ((1, 1), (1, 1))
-        if self.kind == "max":
-            x = nn.max_pool(x, (3, 3), strides=(self.stride,) * 2, padding=pad)
-        else:
-            x = nn.avg_pool(
-                x, (3, 3), strides=(self.stride,) * 2, padding=pad, count_include_pad=False
-            )
-        return batch_norm(self.train, affine=False)(x)
+        return batch_norm(self.train, affine=False)(pool_3x3(x, self.kind, self.stride))
 
 
 class Identity(nn.Module):

@@ -22,7 +22,14 @@ import numpy as np
 
 from jnas.errors import JnasError
 from jnas.genotype import CELL_TYPES, PRIMITIVES, edge_index, num_edges
-from jnas.ops import FactorizedReduce, MixedOp, ReLUConvBN, batch_norm, check_primitives
+from jnas.ops import (
+    FactorizedReduce,
+    MixedOp,
+    ReLUConvBN,
+    batch_norm,
+    check_primitives,
+    pool_3x3,
+)
 from jnas.transforms import gumbel_softmax
 
 MODES = ("darts", "gdas")
@@ -155,8 +162,7 @@ class FixedReductionCell(nn.Module):
             return batch_norm(self.train, affine=False)(nn.Dense(c, use_bias=False)(x))
 
         def pool(x):
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-            return batch_norm(self.train, affine=False)(x)
+            return batch_norm(self.train, affine=False)(pool_3x3(x, "max", 2))
 
         return jnp.concatenate([factorized(s0), factorized(s1), pool(s0), pool(s1)], axis=-1)
 

@@ -11,10 +11,12 @@ import pytest
 # Before anything touches a device. The scripts split batches over all local devices, so
 # every end-to-end test runs data-parallel on 4 devices unless it passes --devices.
 jax.config.update("jax_num_cpu_devices", 4)
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.environ.get("JNAS_TEST_CACHE", os.path.join(tempfile.gettempdir(), "jnas-test-jax-cache")),
+CACHE = os.environ.get(
+    "JNAS_TEST_CACHE", os.path.join(tempfile.gettempdir(), "jnas-test-jax-cache")
 )
+jax.config.update("jax_compilation_cache_dir", CACHE)
+# The experiment scripts set their own cache (--compile_cache): the same folder, in tests.
+os.environ["JNAS_COMPILE_CACHE"] = CACHE
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 

@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +132,20 @@ def test_diverging_search_stops_with_a_clear_message_and_keeps_files(tmp_path, c
     assert run(*flags) == 2
     assert "non-finite" in capsys.readouterr().err
     assert not (save / "metrics.jsonl").exists()
+
+
+def test_the_scripts_write_a_persistent_compilation_cache(tmp_path):
+    # A fresh process, as a script is: JAX reads the cache folder at its first compilation.
+    cache = tmp_path / "xla"
+    program = (
+        "import sys, jax, jax.numpy as jnp; "
+        f"sys.path.insert(0, {str(ROOT)!r}); "
+        "from jnas import cli; "
+        "from experiments.darts import parser; "
+        "f = jax.jit(lambda x: jnp.sin(x) @ x); "
+        "run = lambda args: f(jnp.ones((64, 64))).block_until_ready(); "
+        f"sys.exit(cli._run(parser(), ['--compile_cache', {str(cache)!r}], run))"
+    )
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    subprocess.run([sys.executable, "-c", program], check=True, env=env, cwd=ROOT)
+    assert any(cache.iterdir()), "no compiled program was cached"

@@ -1,0 +1,136 @@
+"""The CPU formulations of the depthwise convolution and the 3x3 pools against XLA's own ops:
+values, first and second derivatives in both modes, and under vmap (float64)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+from jnas.errors import JnasError
+from jnas.ops import depthwise_conv, pool_3x3
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def xla_depthwise(x, kernel, stride, dilation):
+    pad = dilation * (kernel.shape[0] - 1) // 2
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation,) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+    )
+
+
+def ours(x, kernel, stride, dilation):
+    pad = dilation * (kernel.shape[0] - 1) // 2
+    return depthwise_conv(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation,) * 2,
+        feature_group_count=x.shape[-1],
+    )
+
+
+def inputs(kernel_size, size=9, channels=3, batch=2):
+    rng = np.random.default_rng(kernel_size * size)
+    x = jnp.asarray(rng.normal(size=(batch, size, size, channels)))
+    kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, 1, channels)))
+    return x, kernel
+
+
+# Every depthwise convolution of the DARTS space: sep 3x3/5x5 and dil 3x3/5x5, stride 1 and 2,
+# on even and odd sizes.
+CASES = [(k, s, d, n) for k in (3, 5) for s in (1, 2) for d in (1, 2) for n in (8, 9)]
+
+
+@pytest.mark.parametrize("k,stride,dilation,size", CASES)
+def test_depthwise_conv_equals_xla_with_first_and_second_derivatives(k, stride, dilation, size):
+    x, kernel = inputs(k, size)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, dilation)))
+
+    def grad_norm(conv):  # its gradient is a second derivative (DARTS's and MAML's kind)
+        return lambda x, w: sum(jnp.sum(g**2) for g in jax.grad(loss(conv), (0, 1))(x, w))
+
+    np.testing.assert_allclose(
+        ours(x, kernel, stride, dilation), xla_depthwise(x, kernel, stride, dilation), atol=1e-12
+    )
+    for f in (loss, grad_norm):
+        got = jax.grad(f(ours), (0, 1))(x, kernel)
+        want = jax.grad(f(xla_depthwise), (0, 1))(x, kernel)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+    tangents = inputs(k, size)
+    _, got = jax.jvp(lambda x, w: ours(x, w, stride, dilation), (x, kernel), tangents)
+    _, want = jax.jvp(lambda x, w: xla_depthwise(x, w, stride, dilation), (x, kernel), tangents)
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_depthwise_conv_gradients_match_finite_differences_in_both_modes():
+    x, kernel = inputs(3, size=6, channels=2, batch=1)
+    check_grads(lambda x, w: ours(x, w, 2, 1), (x, kernel), order=2, modes=("fwd", "rev"))
+
+
+def test_depthwise_conv_under_vmap_is_per_edge():
+    x, kernel = inputs(5)
+    xs, kernels = jnp.stack([x, 2 * x]), jnp.stack([kernel, -kernel])
+
+    def kernel_grad(conv):
+        return jax.vmap(jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w, 1, 2))), 1))
+
+    np.testing.assert_allclose(
+        kernel_grad(ours)(xs, kernels), kernel_grad(xla_depthwise)(xs, kernels), rtol=1e-10
+    )
+
+
+def test_depthwise_conv_refuses_a_dense_kernel():
+    x, _ = inputs(3)
+    with pytest.raises(JnasError, match=r"\(k, k, 1, C\) kernel"):
+        depthwise_conv(x, jnp.ones((3, 3, 3, 3)), (1, 1), ((1, 1), (1, 1)), feature_group_count=1)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("stride,size", [(1, 8), (2, 8), (2, 9)])
+def test_pools_equal_flax_pooling_with_gradients(kind, stride, size):
+    x, _ = inputs(3, size)  # continuous values: no tied maxima
+
+    def flax_pool(x):
+        pad = ((1, 1), (1, 1))
+        if kind == "max":
+            return nn.max_pool(x, (3, 3), (stride, stride), pad)
+        return nn.avg_pool(x, (3, 3), (stride, stride), pad, count_include_pad=False)
+
+    def loss(pool):
+        return lambda x: jnp.sum(jnp.sin(pool(x)) * jnp.arange(pool(x).size).reshape(pool(x).shape))
+
+    np.testing.assert_allclose(pool_3x3(x, kind, stride), flax_pool(x), atol=1e-12)
+    np.testing.assert_allclose(
+        jax.grad(loss(lambda x: pool_3x3(x, kind, stride)))(x), jax.grad(loss(flax_pool))(x),
+        atol=1e-12,
+    )
+    tangent = inputs(5, size)[0]
+    np.testing.assert_allclose(
+        jax.jvp(lambda x: pool_3x3(x, kind, stride), (x,), (tangent,))[1],
+        jax.jvp(flax_pool, (x,), (tangent,))[1],
+        atol=1e-12,
+    )
+    if kind == "avg":  # max pooling has kinks, where finite differences are no reference
+        check_grads(lambda x: pool_3x3(x, kind, stride), (x,), order=2, modes=("fwd", "rev"))
+
+
+def test_max_pool_gives_a_tied_maximum_gradient_to_the_first_input_in_the_window():
+    x = jnp.ones((1, 4, 4, 1))
+    grad = jax.grad(lambda x: jnp.sum(pool_3x3(x, "max", 1)))(x)[0, :, :, 0]
+    # Output (i, j)'s window starts at input (max(i-1, 0), max(j-1, 0)): each input counts the
+    # outputs whose first window element it is.
+    want = np.zeros((4, 4))
+    for i in range(4):
+        for j in range(4):
+            want[max(i - 1, 0), max(j - 1, 0)] += 1
+    np.testing.assert_array_equal(grad, want)
+    assert float(jnp.sum(grad)) == 16.0  # the gradient is conserved, not split or duplicated
