@@ -9,9 +9,10 @@ Pointwise (1x1) convolutions are written as `nn.Dense` on the channel axis: the 
 when edges are batched with `vmap` it becomes one batched matmul instead of a grouped
 convolution.
 
-On XLA:CPU the depthwise convolutions and max pooling run as shifted views of the padded input
-with their own derivative rules (`depthwise_conv`, `pool_3x3`): XLA's grouped convolution and
-select-and-scatter were most of a search step there (bench/README.md has the measurements).
+The depthwise convolutions (on CPU, and on GPU when dilated) and max pooling run as shifted
+views of the padded input with their own derivative rules (`depthwise_conv`, `pool_3x3`):
+XLA's grouped convolution and select-and-scatter were most of a search step on CPU
+(bench/README.md has the measurements).
 """
 
 from __future__ import annotations
