@@ -37,34 +37,52 @@ _STACKED = {"params": 0, "batch_stats": 0}
 
 
 def edge_groups(steps: int) -> list[list[tuple[int, int]]]:
-    """Edges `(source, node)` grouped by the states they read, in the order they can run."""
-    groups = [[0, 1]] + [[s] for s in range(2, steps + 1)]
-    return [[(s, n) for s in sources for n in range(max(0, s - 1), steps)] for sources in groups]
+    """Edges `(source, node)` in the two groups a cell runs: the `2 * steps` edges that read
+    the cell inputs, then the edges between nodes, ordered by node and then source, so that
+    every node is complete before an edge reads it."""
+    inputs = [(s, n) for s in (0, 1) for n in range(steps)]
+    inner = [(s, n) for n in range(steps) for s in range(2, n + 2)]
+    return [inputs, inner] if inner else [inputs]
 
 
-def _mixed_edges(op: MixedOp, xs, weights):
-    """DARTS: every edge of a group at once, all ops weighted."""
-    return nn.vmap(
-        lambda mdl, x, w: mdl(x, w),
-        variable_axes=_STACKED,
-        split_rngs={"params": True},
-    )(op, xs, weights)
-
-
-def _sampled_edges(op: MixedOp, xs, hard, index):
-    """GDAS: the edges of a group one after another, each computing its sampled op only."""
+def _input_edges(op: MixedOp, x, weights, index):
+    """The edges from the cell inputs, which depend on the inputs alone. DARTS runs them at
+    once with `vmap`, every op weighted. GDAS runs them one after another with `scan`, each
+    switching on its sampled op (under `vmap` the switch would become a select that computes
+    every op)."""
+    if index is None:
+        return nn.vmap(
+            lambda mdl, x, w: mdl(x, w), variable_axes=_STACKED, split_rngs={"params": True}
+        )(op, x, weights)
     _, ys = nn.scan(
         lambda mdl, carry, edge: (carry, mdl.sampled(*edge)),
         variable_axes=_STACKED,
         split_rngs={"params": True},
-    )(op, None, (xs, hard, index))
+    )(op, None, (x, weights, index))
     return ys
+
+
+def _inner_edges(op: MixedOp, nodes, edges, weights, index):
+    """The edges between nodes, one per `scan` iteration: edge (s, n) adds its op's output on
+    node s - 2 into node n. One traced mixed op serves them all, which is what keeps the
+    compile time down (an unrolled loop is one copy of the op per edge)."""
+
+    def body(mdl, nodes, edge):
+        (source, node), w, k = edge
+        x = nodes[source - 2]
+        y = mdl(x, w) if k is None else mdl.sampled(x, w, k)
+        return nodes.at[node].add(y), None
+
+    edges = tuple(jnp.array(e) for e in zip(*edges, strict=True))
+    return nn.scan(body, variable_axes=_STACKED, split_rngs={"params": True})(
+        op, nodes, (edges, weights, index)
+    )[0]
 
 
 class SearchCell(nn.Module):
     """A DARTS cell: 2 inputs, `steps` nodes, every node mixes all earlier states.
 
-    `weights` has shape (edges, ops); the output concatenates the last `multiplier` nodes.
+    `weights` has shape (edges, ops); the output concatenates the last `multiplier` states.
     With `index` (edges,) the cell is GDAS's: `weights` are one-hot (straight-through) and edge
     e computes op `index[e]` only.
     """
@@ -81,22 +99,21 @@ class SearchCell(nn.Module):
     def __call__(self, s0, s1, weights, index=None):
         c = self.channels
         s0, s1 = _preprocess(c, self.reduction_prev, self.train, s0, s1)
-        states = [s0, s1]
-        incoming: list[list[jax.Array]] = [[] for _ in range(self.steps)]
-        for g, group in enumerate(edge_groups(self.steps)):
-            sources = sorted({s for s, _ in group})
-            stride = 2 if self.reduction and sources[0] < 2 else 1
-            rows = np.array([edge_index(n, s) for s, n in group])
-            xs = jnp.stack([states[s] for s, _ in group])
-            op = MixedOp(c, stride, self.primitives, self.train, name=f"edges_{g}")
-            if index is None:
-                ys = _mixed_edges(op, xs, weights[rows])
-            else:
-                ys = _sampled_edges(op, xs, weights[rows], index[rows])
-            # Groups run in source order, so each node sums its inputs in the official order.
-            for k, (_, n) in enumerate(group):
-                incoming[n].append(ys[k])
-            states.append(sum(incoming[sources[-1] - 1]))
+        groups = edge_groups(self.steps)
+        rows = [np.array([edge_index(n, s) for s, n in group]) for group in groups]
+
+        def pick(g):
+            return weights[rows[g]], None if index is None else index[rows[g]]
+
+        stride = 2 if self.reduction else 1
+        op = MixedOp(c, stride, self.primitives, self.train, name="edges_0")
+        ys = _input_edges(op, jnp.stack([s0] * self.steps + [s1] * self.steps), *pick(0))
+        # Each node sums its inputs in the official order: source 0, source 1, then the nodes.
+        nodes = ys[: self.steps] + ys[self.steps :]
+        if len(groups) > 1:
+            op = MixedOp(c, 1, self.primitives, self.train, name="edges_1")
+            nodes = _inner_edges(op, nodes, groups[1], *pick(1))
+        states = [s0, s1, *nodes]
         return jnp.concatenate(states[-self.multiplier :], axis=-1)
 
 

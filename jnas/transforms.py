@@ -59,8 +59,9 @@ def darts_hypergrad(
 
     With `w'(alpha) = unrolled_step(w, grad_w L_train(w, alpha), lr, ...)`:
 
-    - `hessian="exact"`: the total derivative `d/dalpha L_val(w'(alpha), alpha)`, by
-      differentiating through the virtual step (a Hessian-vector product, exact).
+    - `hessian="exact"`: the total derivative `d/dalpha L_val(w'(alpha), alpha)`, exact:
+      `grad_alpha L_val(w') - lr * D_w(grad_alpha L_train)(w)[v]`, `v = grad_w L_val(w')`, the
+      mixed second derivative taken forward-over-reverse (`jax.jvp` of `jax.grad`).
     - `hessian="finite_difference"`: the DARTS paper's estimate
       `grad_alpha L_val(w') - lr * (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / (2 eps)`
       with `w+- = w +- eps v`, `v = grad_w L_val(w')`, `eps = fd_radius / ||v||`.
@@ -88,22 +89,26 @@ def darts_hypergrad(
             w, grads, lr, momentum=momentum, momentum_buf=momentum_buf, weight_decay=weight_decay
         )
 
-    if hessian == "exact":
-        return jax.value_and_grad(lambda a: loss_fn(unrolled(a), a, val_batch))(alpha)
-
+    # d/dalpha L_val(w'(alpha), alpha) = grad_alpha L_val + (dw'/dalpha)^T v with
+    # v = grad_w L_val at w', and (dw'/dalpha)^T v = -lr * D_w(grad_alpha L_train)[v]: a
+    # mixed second derivative along one direction. "exact" takes it forward-over-reverse (a
+    # JVP of the architecture gradient), which holds one network's residuals and their
+    # tangents instead of reverse-over-reverse's whole unrolled graph; DARTS's estimate takes
+    # it by central differences along v.
     w_prime = unrolled(alpha)
     val_loss, (v, dalpha) = jax.value_and_grad(loss_fn, argnums=(0, 1))(w_prime, alpha, val_batch)
-    eps = fd_radius / optax.tree.norm(v)
-    grad_alpha_train = jax.grad(loss_fn, argnums=1)
 
-    def shifted(sign):
-        return jax.tree.map(lambda p, d: p + sign * eps * d, w, v)
+    def grad_alpha_train(w):
+        return jax.grad(loss_fn, argnums=1)(w, alpha, train_batch)
 
-    g_plus = grad_alpha_train(shifted(1.0), alpha, train_batch)
-    g_minus = grad_alpha_train(shifted(-1.0), alpha, train_batch)
-    dalpha = jax.tree.map(
-        lambda d, gp, gm: d - lr * (gp - gm) / (2 * eps), dalpha, g_plus, g_minus
-    )
+    if hessian == "exact":
+        mixed = jax.jvp(grad_alpha_train, (w,), (v,))[1]
+    else:
+        eps = fd_radius / optax.tree.norm(v)
+        g_plus = grad_alpha_train(jax.tree.map(lambda p, d: p + eps * d, w, v))
+        g_minus = grad_alpha_train(jax.tree.map(lambda p, d: p - eps * d, w, v))
+        mixed = jax.tree.map(lambda gp, gm: (gp - gm) / (2 * eps), g_plus, g_minus)
+    dalpha = jax.tree.map(lambda d, m: d - lr * m, dalpha, mixed)
     return val_loss, dalpha
 
 

@@ -78,7 +78,10 @@ def test_exact_hypergradient_through_the_network_matches_finite_differences():
             g = jax.grad(loss_fn)(params, a, (x_t, y_t))
             return loss_fn(jnas.unrolled_step(params, g, **kw), a, (x_v, y_v))
 
-        eps = 1e-5
+        # A small step: this instance is strongly curved in alpha. At 1e-5 the central
+        # difference is off by 2e-4 (relative), at 1e-6 and 1e-7 it agrees with the
+        # hypergradient, forward-over-reverse or reverse-over-reverse, to 1e-9.
+        eps = 1e-6
         for seed in range(2):
             keys = dict(zip(alpha, jax.random.split(jax.random.key(seed)), strict=True))
             u = {t: jax.random.normal(keys[t], alpha[t].shape, jnp.float64) for t in alpha}
