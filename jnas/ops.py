@@ -379,7 +379,11 @@ class MixedOp(nn.Module):
             # Every branch must own its variables before the switch, which runs one branch.
             for branch in branches:
                 branch(self, x)
-        # An unbatched index: the switch compiles to a conditional that runs one op.
-        y = nn.switch(index, branches, self, x)
+        # An unbatched index: the switch compiles to a conditional that runs one op. It is
+        # rematerialised: a differentiated conditional saves the residuals of EVERY branch
+        # (zeros for those not taken), and writing those was most of a GDAS step (2.0 s of
+        # it, against 0.73 s with the taken op recomputed backward; bench/README.md).
+        switch = nn.checkpoint(lambda mdl, x, index: nn.switch(index, branches, mdl, x))
+        y = switch(self, x, index)
         others = jnp.sum(jnp.where(jnp.arange(hard.shape[0]) == index, 0.0, hard))
         return hard[index] * y + others

@@ -4,13 +4,13 @@ The architecture parameters are an ARGUMENT of `SearchNetwork.__call__`, never a
 the module, so `alpha` is its own pytree: `{"normal": (edges, ops), "reduce": (edges, ops)}`.
 
 Compile time is the cost that binds (a Python loop over 8 cells x 14 edges x 8 ops takes
-minutes to compile), so a cell traces its mixed op once per group of edges that share an input
-state: the 8 edges from the two cell inputs form one group (they depend on the inputs alone),
-then the edges out of each intermediate node. DARTS runs a group with `nn.vmap` over stacked
-parameters. GDAS runs it with `nn.scan` instead: each iteration switches on one edge's sampled
-op, an unbatched index, so only that op is computed (under `vmap` the switch would become a
-select that computes every op). Both store the group's parameters stacked on axis 0 under the
-same names, so one set of weights serves both modes.
+minutes to compile), so a cell traces its mixed op twice: once for the 8 edges from the two
+cell inputs (they depend on the inputs alone; DARTS runs them at once with `nn.vmap`), and once
+for the edges between nodes, which run one per iteration of an `nn.scan` in an order where
+every node is complete before it is read. GDAS runs both groups with `nn.scan`: each iteration
+switches on one edge's sampled op, an unbatched index, so only that op is computed. Both modes
+store a group's parameters stacked on axis 0 under the same names, so one set of weights
+serves both.
 """
 
 from __future__ import annotations
