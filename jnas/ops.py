@@ -381,8 +381,8 @@ class MixedOp(nn.Module):
                 branch(self, x)
         # An unbatched index: the switch compiles to a conditional that runs one op. It is
         # rematerialised: a differentiated conditional saves the residuals of EVERY branch
-        # (zeros for those not taken), and writing those was most of a GDAS step (2.0 s of
-        # it, against 0.73 s with the taken op recomputed backward; bench/README.md).
+        # (zeros for those not taken). Writing those made a GDAS step 2.03 s, against 0.73 s
+        # with the taken op recomputed backward (bench/README.md).
         switch = nn.checkpoint(lambda mdl, x, index: nn.switch(index, branches, mdl, x))
         y = switch(self, x, index)
         others = jnp.sum(jnp.where(jnp.arange(hard.shape[0]) == index, 0.0, hard))
