@@ -130,8 +130,11 @@ def test_batch_that_does_not_divide_over_the_devices_is_refused(tmp_path, capsys
     assert not (tmp_path / "r").exists()
 
 
-# One epoch of darts.py on digits; 3 layers so that the normal cell's alpha trains too.
-EPOCH = [*CHEAP, "--layers", "3", "--epochs", "1"]
+# One epoch of darts.py on digits; 3 layers so that the normal cell's alpha trains too. Seed 0:
+# at seed 2 (the default) this run sits near a discontinuity of its 22 steps, where scaling the
+# initial weights by 1 + 1e-7 on one device moves the final alpha by 3.6e-4; at seed 0 by
+# 8.3e-6, at seed 1 by 6e-9 (measured).
+EPOCH = [*CHEAP, "--layers", "3", "--epochs", "1", "--seed", "0"]
 
 
 def on_all_devices(flags):
@@ -142,8 +145,8 @@ def on_all_devices(flags):
 
 # Alpha is of order 3e-3 after this epoch. The split changes only the order of float32 sums,
 # but 22 steps amplify that: on one device, scaling the initial weights by 1 + 1e-7 moves
-# the final alpha by 1.7e-5 (measured). Measured 4- and 2-device differences: 2.7e-5 and
-# 5.3e-5; the step tests above hold each step to 1e-6.
+# the final alpha by 8.3e-6 (measured, seed 0). Measured 4-device and 2-process differences:
+# 2.4e-5 and 2.4e-5; the step tests above hold each step to 1e-6.
 ALPHA_ATOL = 2e-4
 
 
