@@ -72,8 +72,8 @@ def add_run_flags(p: argparse.ArgumentParser, d, split: str) -> None:
         "--compile_cache",
         default=os.environ.get("JNAS_COMPILE_CACHE", DEFAULT_COMPILE_CACHE),
         help="folder of JAX's persistent compilation cache, so that a resumed or repeated run "
-        "does not compile its steps again; 'none' turns it off (default: $JNAS_COMPILE_CACHE "
-        "or %(default)s)",
+        "does not compile its steps again; 'none' turns it off, as do multi-process CPU runs "
+        "(default: $JNAS_COMPILE_CACHE or %(default)s)",
     )
     p.add_argument(
         "--devices",
@@ -174,19 +174,13 @@ def _run(parser: argparse.ArgumentParser, argv, run) -> int:
     avoid_gpu_compiler_abort()
     try:
         args = vars(parser.parse_args(argv))
-        cache = args["compile_cache"]
+        if args["compile_cache"] != "none":
+            jax.config.update("jax_compilation_cache_dir", args["compile_cache"])
         coordinator = args["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
         if args["distributed"] or coordinator:
             initialize_distributed(
                 args["coordinator_address"], args["num_processes"], args["process_id"]
             )
-            # Each process of a multi-process run keeps its own cache: an executable cached
-            # by a one-process run of the same settings, loaded here, aborted in a gloo
-            # collective of mismatched sizes (jax 0.10.2).
-            where = f"{jax.process_count()}-processes/process-{jax.process_index()}"
-            cache = os.path.join(cache, where)
-        if args["compile_cache"] != "none":
-            jax.config.update("jax_compilation_cache_dir", cache)
         run(args)
     except JnasError as e:
         print(f"error: {e}", file=sys.stderr)

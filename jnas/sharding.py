@@ -100,7 +100,8 @@ def initialize_distributed(
 
     Arguments left None come from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and
     `JAX_PROCESS_ID`, else from JAX's cluster detection (SLURM, Open MPI, Cloud TPU).
-    Must run before anything touches a device.
+    Must run before anything touches a device. On CPU it turns JAX's persistent compilation
+    cache off.
     """
     env = os.environ
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
@@ -114,3 +115,8 @@ def initialize_distributed(
         num_processes=num_processes,
         process_id=process_id,
     )
+    if jax.default_backend() == "cpu":
+        # JAX writes the cache from process 0 only, so process 0 can load a step that the
+        # others compile afresh; with jax 0.10.2 gloo then aborted on a collective mismatch
+        # ("16 vs 4") in every 2-process CPU run where process 0 loaded its step.
+        jax.config.update("jax_enable_compilation_cache", False)
