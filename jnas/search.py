@@ -204,7 +204,7 @@ class Search:
         self.model = search_network(config, num_classes, train=True)
         # A step differentiates the network 2-4 times. As an inlined jit, Flax's Python traces
         # it once per step and each derivative re-reads that jaxpr: it took the second-order
-        # step's compilation from 343 to 282 s, the same compiled step (bench/README.md).
+        # step's compilation from 343 to 282 s, with bit-equal metrics (bench/README.md).
         self._forward = jax.jit(self._network, inline=True)
         self.eval_model = search_network(config, num_classes, train=False)
         self.lr_schedule = epoch_cosine_schedule(config, steps_per_epoch)
