@@ -76,15 +76,32 @@ def test_depthwise_conv_gradients_match_finite_differences_in_both_modes():
     check_grads(lambda x, w: ours(x, w, 2, 1), (x, kernel), order=2, modes=("fwd", "rev"))
 
 
-def test_depthwise_conv_under_vmap_is_per_edge():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_under_vmap_is_per_edge(stride):
+    # The input edges of a cell run under vmap, where the taps' slices become gathers.
     x, kernel = inputs(5)
     xs, kernels = jnp.stack([x, 2 * x]), jnp.stack([kernel, -kernel])
 
-    def kernel_grad(conv):
-        return jax.vmap(jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w, 1, 2))), 1))
+    def grads(conv):
+        return jax.vmap(jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w, stride, 2))), (0, 1)))
 
+    for g, w in zip(grads(ours)(xs, kernels), grads(xla_depthwise)(xs, kernels), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_gradient_under_vmap_is_per_edge(stride):
+    x, _ = inputs(3, 9)
+    xs = jnp.stack([x, -2 * x])
+
+    def grad(pool):
+        return jax.vmap(jax.grad(lambda x: jnp.sum(jnp.sin(pool(x)))))
+
+    pad = ((1, 1), (1, 1))
     np.testing.assert_allclose(
-        kernel_grad(ours)(xs, kernels), kernel_grad(xla_depthwise)(xs, kernels), rtol=1e-10
+        grad(lambda x: pool_3x3(x, "max", stride))(xs),
+        grad(lambda x: nn.max_pool(x, (3, 3), (stride, stride), pad))(xs),
+        atol=1e-12,
     )
 
 
