@@ -121,7 +121,7 @@ def _out_shape(x, kernel, strides, dilation):
 
 
 def _unrolled(x, kernel, strides, dilation):
-    """sum_ij tap(i, j) * kernel[i, j], unrolled: the forward pass, one fused loop."""
+    """sum_ij tap(i, j) * kernel[i, j]: one fused loop forward, one for the input gradient."""
     shape = _out_shape(x, kernel, strides, dilation)
     kh, kw = kernel.shape[:2]
     return sum(
@@ -131,9 +131,10 @@ def _unrolled(x, kernel, strides, dilation):
     )
 
 
-def _scanned(x, kernel, strides, dilation, unroll=1):
-    """The same sum as a loop over taps, `unroll` taps per iteration. The body is
-    rematerialised so that the windows are recomputed, not stacked, backward."""
+def _scanned(x, kernel, strides, dilation):
+    """The same sum as a loop over taps: transposed, it computes the kernel gradient as one
+    reduction per tap inside a loop, where unrolled taps make XLA write every window out.
+    The body is rematerialised so that the windows are recomputed, not stacked, backward."""
     shape = _out_shape(x, kernel, strides, dilation)
     kh, kw = kernel.shape[:2]
 
@@ -143,23 +144,16 @@ def _scanned(x, kernel, strides, dilation, unroll=1):
         return acc + _tap(x, t // kw, t % kw, shape, strides, dilation) * k, None
 
     taps = (jnp.arange(kh * kw), kernel.reshape(kh * kw, -1))
-    return lax.scan(body, jnp.zeros(shape, x.dtype), taps, unroll=unroll)[0]
+    return lax.scan(body, jnp.zeros(shape, x.dtype), taps)[0]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _depthwise(x, kernel, strides, padding, dilation):
     """Depthwise convolution as shifted, strided windows times per-channel weights.
 
-    Both tangents are the sum as a loop over taps; they are ordinary JAX, so every order of
-    derivative, forward or reverse, is exact.
-    - In the kernel, one tap per iteration: transposed, the kernel gradient is one reduction
-      per tap inside a loop, where unrolled taps make XLA write every window out.
-    - In x, one row of taps per iteration. Under the input edges' `vmap` a tap's slice is a
-      gather, and the transpose of an unrolled sum is a scatter-add per tap, which XLA:CPU
-      compiles as one in-place update fusion each: most of a step's code. Looped by rows, the
-      first-order step compiled 19 % faster and the second-order 31 %, for 4-8 % more step
-      time; one tap per iteration saved more compile time but cost the second-order step
-      15 % (bench/README.md).
+    Its tangent in x is the unrolled sum (whose transpose, the input gradient, is one fused
+    loop of pads) and in the kernel the scanned sum (whose transpose is one reduction per tap);
+    both are ordinary JAX, so every order of derivative, forward or reverse, is exact.
     """
     return _unrolled(_padded(x, padding), kernel, strides, dilation)
 
@@ -172,8 +166,7 @@ def _depthwise_jvp(strides, padding, dilation, primals, tangents):
     out = _unrolled(xp, kernel, strides, dilation)
     tangent = jnp.zeros_like(out)
     if not isinstance(dx, SymbolicZero):
-        rows = _scanned(_padded(dx, padding), kernel, strides, dilation, kernel.shape[1])
-        tangent = tangent + rows
+        tangent = tangent + _unrolled(_padded(dx, padding), kernel, strides, dilation)
     if not isinstance(dkernel, SymbolicZero):
         tangent = tangent + _scanned(xp, dkernel, strides, dilation)
     return out, tangent
