@@ -41,11 +41,18 @@ def measure(args) -> dict:
 
     row = dict(ROWS[args.one])
     dataset = row.pop("dataset", "mini_imagenet")
+    # Overrides of the row's network, for small runs (bench/gpu.sh --smoke).
+    sizes = {k: getattr(args, k) for k in ("init_channels", "nodes", "filters", "inner_steps",
+                                           "inner_steps_test") if getattr(args, k) is not None}
+    if args.ops:
+        sizes["primitives"] = tuple(args.ops.split(","))
     config = MetaConfig(
         dataset=dataset, way=args.way, shot=args.shot, query=args.query,
-        meta_batch=args.meta_batch, first_order=args.first_order, **row,
+        meta_batch=args.meta_batch, first_order=args.first_order, **{**row, **sizes},
     )  # fmt: skip
     shape = (28, 28, 1) if dataset == "omniglot" else (84, 84, 3)
+    if args.image_size:
+        shape = (args.image_size, args.image_size, shape[2])
     mesh = data_mesh(args.devices)
     learner = MetaLearner(config, shape, mesh)
     rng = np.random.default_rng(0)
@@ -81,7 +88,8 @@ def measure(args) -> dict:
         "row": args.one,
         **{k: getattr(config, k) for k in ("algo", "dataset", "way", "shot", "query",
                                            "meta_batch", "inner_steps", "inner_steps_test",
-                                           "first_order")},
+                                           "first_order", "init_channels", "nodes")},
+        "image": list(shape),
         "devices": mesh.size,
         "init_s": round(init_s, 2),
         "compile_s": round(compile_s, 2),
@@ -100,6 +108,11 @@ def main():
     p.add_argument("--meta_batch", type=int, default=4)
     p.add_argument("--first_order", action="store_true")
     p.add_argument("--devices", type=int, default=1, help="split the tasks over N devices")
+    small = p.add_argument_group("smaller networks (default: the row's)")
+    for name in ("init_channels", "nodes", "filters", "inner_steps", "inner_steps_test",
+                 "image_size"):
+        small.add_argument(f"--{name}", type=int)
+    small.add_argument("--ops", help="comma-separated candidate ops")
     p.add_argument("--steps", type=int, default=3, help="timed meta-iterations after compiling")
     p.add_argument("--one", choices=sorted(ROWS), help=argparse.SUPPRESS)
     run_rows(p.parse_args(), ROWS, measure)

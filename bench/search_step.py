@@ -20,6 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, run_rows, timed  # noqa: E402
 
+from jnas.genotype import PRIMITIVES  # noqa: E402
+
 ALGOS = {
     "darts_1st": {"algorithm": "darts"},
     "darts_2nd": {"algorithm": "darts", "second_order": True, "hessian": "exact"},
@@ -41,6 +43,8 @@ def measure(args) -> dict:
         batch_size=args.batch,
         init_channels=args.init_channels,
         layers=args.layers,
+        nodes=args.nodes,
+        primitives=tuple(args.ops.split(",")),
         **ALGOS[args.one],
     )
     mesh = data_mesh(args.devices)
@@ -76,6 +80,8 @@ def measure(args) -> dict:
         "devices": mesh.size,
         "init_channels": args.init_channels,
         "layers": args.layers,
+        "nodes": args.nodes,
+        "ops": len(config.primitives),
         "hw": args.hw,
         "classes": args.classes,
         "init_s": round(init_s, 2),
@@ -92,6 +98,8 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--init_channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--ops", default=",".join(PRIMITIVES), help="comma-separated candidate ops")
     p.add_argument("--hw", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--devices", type=int, default=1, help="split the batch over N devices")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
 from jnas.ops import batch_norm, check_primitives
 from jnas.search import accuracy, cross_entropy, init_variables
-from jnas.sharding import batch_sharded, data_mesh, put_replicated, replicated
+from jnas.sharding import ShardedStep, data_mesh, put_replicated
 from jnas.spaces import SearchNetwork, derived_edge_weights
 from jnas.transforms import maml_adapt, maml_meta_grad
 
@@ -112,9 +113,8 @@ def _max_pool_2x2(x):
     """2x2 max pooling, stride 2, odd edges dropped, as a reshape and a max: its gradient is
     an elementwise mask, where `nn.max_pool`'s is XLA's select-and-scatter, which made the
     learner's backward pass 8x its forward on XLA:CPU."""
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+    _, h, w, _ = x.shape
+    return einops.reduce(x[:, : h // 2 * 2, : w // 2 * 2], "n (h 2) (w 2) c -> n h w c", "max")
 
 
 class ConvLearner(nn.Module):
@@ -169,9 +169,8 @@ class MetaLearner:
         self.model = meta_network(config, self.image_shape)
         self.w_tx = optax.adam(config.meta_lr_w)
         self.alpha_tx = optax.adam(config.meta_lr_alpha, b1=0.5, b2=0.999)
-        rep, tasks = replicated(self.mesh), batch_sharded(self.mesh)
-        self.step = jax.jit(self._step, in_shardings=(rep, tasks), out_shardings=(rep, rep))
-        self.eval_step = jax.jit(self._eval_step, in_shardings=(rep, tasks), out_shardings=rep)
+        self.step = ShardedStep(self._step, self.mesh, batch_argnums=(1,))
+        self.eval_step = ShardedStep(self._eval_step, self.mesh, batch_argnums=(1,))
 
     def init(self, key) -> MetaState:
         """Flax's initialisers for w, 1e-3 * N(0, 1) for alpha, replicated over the mesh."""

@@ -37,7 +37,13 @@ from jnas.runner import (
     stack_metrics,
     write_atomic,
 )
-from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
+from jnas.sharding import (
+    assert_traced_once,
+    data_mesh,
+    is_main_process,
+    local_rows,
+    put_batch,
+)
 
 # Meta-training has no schedule, so a run may be continued to more iterations, and the final
 # test may use another number of episodes.
@@ -61,6 +67,7 @@ def test_accuracy(learner: MetaLearner, state, sampler: EpisodeSampler, count: i
             state, put_batch({k: v[mine] for k, v in tasks.items()}, learner.mesh)
         )
         accs.append(np.asarray(jax.device_get(acc))[mask > 0])
+    assert_traced_once(learner.eval_step)
     accs = np.concatenate(accs)
     return float(accs.mean()), float(1.96 * accs.std(ddof=1) / np.sqrt(len(accs))), len(accs)
 
@@ -120,6 +127,7 @@ def run_meta(config: MetaConfig, *, progress: bool = True) -> dict:
         tasks = train_sampler.batch(config.meta_batch, seed=config.seed, index=it)
         state, m = learner.step(state, put_batch({k: v[mine] for k, v in tasks.items()}, mesh))
         window.append(m)  # kept on device: no host round trip until the window is logged
+        assert_traced_once(learner.step)
         done = it + 1
         if done % config.log_every and done != config.iterations:
             continue

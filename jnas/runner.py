@@ -32,7 +32,13 @@ from jnas.errors import JnasError
 from jnas.genotype import derive_genotype, genotype_to_dict, save_genotype
 from jnas.plotting import plot_alpha, plot_genotype
 from jnas.search import Search, SearchConfig
-from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
+from jnas.sharding import (
+    assert_traced_once,
+    data_mesh,
+    is_main_process,
+    local_rows,
+    put_batch,
+)
 
 # Settings that say where things are and what runs them, not what is computed: they may
 # differ between a run and its resumption.
@@ -179,6 +185,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
                 "--learning_rate or --arch_learning_rate, or check the data for NaNs."
             )
         valid_loss, valid_acc = evaluate(search, state, alpha_split, config.batch_size)
+        assert_traced_once(search.step, search.eval_step)
         genotype = derive_genotype(
             jax.device_get(state.alpha),
             config.primitives,

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -31,7 +32,7 @@ import optax
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
 from jnas.ops import check_primitives
-from jnas.sharding import batch_sharded, data_mesh, put_replicated, replicated
+from jnas.sharding import ShardedStep, data_mesh, put_replicated
 from jnas.spaces import SearchNetwork, check_fixed_reduction
 from jnas.transforms import darts_hypergrad, milenas_hypergrad
 
@@ -175,11 +176,20 @@ def search_network(config: SearchConfig, num_classes: int, *, train: bool) -> Se
 
 
 def cross_entropy(logits, labels):
+    _check_labels(logits, labels)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def accuracy(logits, labels):
+    _check_labels(logits, labels)
     return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def _check_labels(logits, labels):
+    """One integer label per row of logits: otherwise optax broadcasts or fails inside XLA."""
+    chex.assert_rank([logits, labels], [2, 1])
+    chex.assert_equal_shape_prefix([logits, labels], 1)
+    chex.assert_type(labels, int)
 
 
 def init_variables(init, *args):
@@ -212,11 +222,8 @@ class Search:
         self.w_tx = weight_optimizer(config, self.lr_schedule)
         self.alpha_tx = arch_optimizer(config)
         # Batches split over the data axis, everything else replicated (jnas.sharding).
-        rep, batch = replicated(self.mesh), batch_sharded(self.mesh)
-        self.step = jax.jit(
-            self._step, in_shardings=(rep, batch, batch, rep), out_shardings=(rep, rep)
-        )
-        self.eval_step = jax.jit(self._eval_step, in_shardings=(rep, batch), out_shardings=rep)
+        self.step = ShardedStep(self._step, self.mesh, batch_argnums=(1, 2))
+        self.eval_step = ShardedStep(self._eval_step, self.mesh, batch_argnums=(1,))
 
     def init(self, key, sample_x) -> SearchState:
         """Weights from Flax's initialisers, alpha = 1e-3 * N(0, 1), replicated over the mesh.

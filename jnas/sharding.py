@@ -14,8 +14,11 @@ every global batch (`local_rows`) and `put_batch` assembles the global array.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 
+import chex
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -53,6 +56,47 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+class ShardedStep:
+    """`jax.jit(fn)` over `mesh`: the arguments at `batch_argnums` split over the data axis,
+    the other arguments and the outputs replicated.
+
+    It counts its traces (`traces`). A step is meant to compile once per run; a second trace
+    means an argument changed its shape, dtype or structure between calls, which would
+    compile the whole step again. The run loops check it (`assert_traced_once`).
+    """
+
+    def __init__(self, fn, mesh: Mesh, batch_argnums: tuple[int, ...]):
+        self.traces = 0
+        self.name = getattr(fn, "__name__", "step").lstrip("_")
+
+        @functools.wraps(fn)
+        def counted(*args):
+            self.traces += 1
+            return fn(*args)
+
+        rep, batch = replicated(mesh), batch_sharded(mesh)
+        nargs = len(inspect.signature(fn).parameters)
+        shardings = tuple(batch if i in batch_argnums else rep for i in range(nargs))
+        self._jitted = jax.jit(counted, in_shardings=shardings, out_shardings=rep)
+
+    def __call__(self, *args):
+        return self._jitted(*args)
+
+    def lower(self, *args):
+        return self._jitted.lower(*args)
+
+
+def assert_traced_once(*steps: ShardedStep) -> None:
+    """Fail loudly if a step was traced (and so compiled) more than once."""
+    for step in steps:
+        if step.traces > 1:
+            raise RuntimeError(
+                f"the {step.name} function was traced {step.traces} times in one run; it "
+                "must compile once. An argument changed its shape, dtype or pytree structure "
+                "between calls (a bug in jnas: please report it)."
+            )
+
+
 def check_batch_size(mesh: Mesh, batch_size: int, flag: str = "--batch_size") -> None:
     if batch_size % mesh.size:
         raise JnasError(
@@ -71,6 +115,7 @@ def local_rows(mesh: Mesh, batch_size: int, flag: str = "--batch_size") -> slice
 
 def put_batch(local_batch, mesh: Mesh):
     """This process's rows (`local_rows`) of a global batch -> global arrays split over `data`."""
+    chex.assert_equal_shape_prefix(jax.tree.leaves(local_batch), 1)  # one row count
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 

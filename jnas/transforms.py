@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -34,6 +35,8 @@ def unrolled_step(w, grads, lr, *, momentum=0.0, momentum_buf=None, weight_decay
 
     if momentum_buf is None:
         momentum_buf = jax.tree.map(jnp.zeros_like, w)
+    # A gradient or buffer of another model fails here, naming the leaf, not inside tree.map.
+    chex.assert_trees_all_equal_shapes(w, grads, momentum_buf)
     return jax.tree.map(step, w, grads, momentum_buf)
 
 

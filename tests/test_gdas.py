@@ -10,8 +10,9 @@ import pytest
 
 import jnas
 from jnas.ops import MixedOp
-from jnas.search import Search, SearchConfig, tau_schedule
+from jnas.search import SearchConfig, tau_schedule
 from jnas.spaces import SearchNetwork
+from tests.common import OPS, random_batch
 
 SMALL_OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 
@@ -93,16 +94,8 @@ def test_one_sample_per_cell_type_shared_by_the_batch(key):
     assert hard.shape == (5, len(SMALL_OPS)) and index.shape == (5,)
 
 
-def cheap_config(algorithm, **kw):
-    return SearchConfig(algorithm=algorithm, dataset="digits", batch_size=8, epochs=2,
-                        init_channels=4, layers=2, nodes=2, primitives=SMALL_OPS[:4], **kw)
-
-
-def compiled_step_text(config):
-    search = Search(config, num_classes=10, steps_per_epoch=4)
-    x = jnp.zeros((8, 8, 8, 1))
-    state = search.init(jax.random.key(0), x[:2])
-    batch = {"x": x, "y": jnp.zeros(8, jnp.int32)}
+def compiled_step_text(search, state):
+    batch = random_batch(0)
     return search.step.lower(state, batch, batch, jax.random.key(1)).compile().as_text()
 
 
@@ -112,12 +105,11 @@ def conditionals(hlo):
             re.findall(r"conditional\(.*branch_computations=\{([^}]*)\}", hlo)]
 
 
-def test_compiled_gdas_step_runs_one_op_per_edge_through_conditionals():
-    ops = len(SMALL_OPS[:4])
-    gdas = conditionals(compiled_step_text(cheap_config("gdas")))
+def test_compiled_gdas_step_runs_one_op_per_edge_through_conditionals(tiny_search):
+    gdas = conditionals(compiled_step_text(*tiny_search(algorithm="gdas")))
     # One per edge group and cell type in each forward pass, and more in the backward ones.
-    assert len(gdas) >= 4 and set(gdas) == {ops}, gdas
-    assert conditionals(compiled_step_text(cheap_config("darts"))) == []
+    assert len(gdas) >= 4 and set(gdas) == {len(OPS)}, gdas
+    assert conditionals(compiled_step_text(*tiny_search(algorithm="darts"))) == []
 
 
 def test_tau_falls_linearly_from_tau_max_to_tau_min_per_epoch():

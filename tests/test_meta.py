@@ -3,6 +3,7 @@ experiments/tnas.py end to end on a tiny fake Omniglot."""
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,10 +14,12 @@ from jnas.meta import MetaConfig, MetaLearner
 from jnas.sharding import data_mesh, put_batch
 from jnas.spaces import derived_edge_weights
 from jnas.transforms import maml_adapt, maml_meta_grad
-from tests.test_darts_experiment import load_script
+from tests.common import OPS, load_script
 
-OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
-TINY_NAS = dict(init_channels=4, layers=2, nodes=2, primitives=OPS)
+# Ops without a convolution keep the second-order compilations short; the depthwise
+# convolutions' derivatives, also under vmap, are tests/test_fast_ops.py's.
+META_OPS = ("none", "max_pool_3x3", "skip_connect")
+TINY_NAS = dict(init_channels=4, layers=2, nodes=2, primitives=META_OPS)
 
 
 def fake_tasks(n, way=3, shot=1, query=2, size=28, channels=1, seed=0):
@@ -54,16 +57,37 @@ def test_derived_edge_weights_follow_derive_genotype(steps, seed):
         assert set(np.unique(weights)) <= {0.0, 1.0}
 
 
+@pytest.fixture(scope="module")
+def tiny_learner():
+    """`tiny_learner(algo)`: (learner, initial state, jitted meta_grad), built once, so that
+    the tests of one algorithm share its compiled meta-gradient."""
+    built = {}
+
+    def build(algo):
+        if algo not in built:
+            extra = dict(filters=4) if algo == "maml" else TINY_NAS
+            learner = MetaLearner(MetaConfig(algo=algo, way=3, inner_steps=2, **extra),
+                                  IMAGE_SHAPE[algo])
+            built[algo] = learner, learner.init(jax.random.key(0)), jax.jit(learner.meta_grad)
+        return built[algo]
+
+    return build
+
+
+IMAGE_SHAPE = {"maml": (28, 28, 1), "auto_maml": (8, 8, 3), "tnas": (8, 8, 3)}
+
+
+def tiny_tasks(algo, n=3, seed=0):
+    size, _, channels = IMAGE_SHAPE[algo]
+    return jax.tree.map(jnp.asarray, fake_tasks(n, size=size, channels=channels, seed=seed))
+
+
 @pytest.mark.parametrize("algo", ["maml", "tnas"])
-def test_vmapped_meta_batch_equals_mean_of_single_tasks(algo):
-    extra = dict(filters=4) if algo == "maml" else TINY_NAS
-    config = MetaConfig(algo=algo, way=3, inner_steps=2, **extra)
-    size, channels = (28, 1) if algo == "maml" else (8, 3)
-    learner = MetaLearner(config, (size, size, channels))
-    state = learner.init(jax.random.key(0))
-    tasks = jax.tree.map(jnp.asarray, fake_tasks(3, size=size, channels=channels))
+def test_vmapped_meta_batch_equals_mean_of_single_tasks(tiny_learner, algo):
+    learner, state, meta_grad = tiny_learner(algo)
+    tasks = tiny_tasks(algo)
     params = learner.meta_params(state)
-    losses, accs, grads = jax.jit(learner.meta_grad)(params, tasks)
+    losses, accs, grads = meta_grad(params, tasks)
 
     @jax.jit
     def single(params, task):
@@ -73,16 +97,14 @@ def test_vmapped_meta_batch_equals_mean_of_single_tasks(algo):
             has_aux=True,
         )  # fmt: skip
 
+    singles = []
     for t in range(3):
         (loss, acc), g = single(params, jax.tree.map(lambda x, t=t: x[t], tasks))
         np.testing.assert_allclose(losses[t], loss, rtol=1e-5)
         np.testing.assert_allclose(accs[t], acc)
-        if t == 0:
-            total = g
-        else:
-            total = jax.tree.map(jnp.add, total, g)
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(total), strict=True):
-        np.testing.assert_allclose(got, want / 3, rtol=2e-4, atol=1e-6)
+        singles.append(g)
+    mean = jax.tree.map(lambda *g: sum(g) / 3, *singles)
+    chex.assert_trees_all_close(grads, mean, rtol=2e-4, atol=1e-6)
 
 
 def test_conv_learner_meta_grad_matches_finite_differences():
@@ -136,18 +158,17 @@ def test_conv_learner_meta_grad_matches_finite_differences():
         assert gap > 1e-4  # first order is a different quantity here
 
 
-def test_auto_maml_adapts_weights_only_and_tnas_adapts_alpha():
-    tasks = jax.tree.map(jnp.asarray, fake_tasks(2, size=8, channels=3))
+@pytest.mark.parametrize("algo", ["auto_maml", "tnas"])
+def test_auto_maml_adapts_weights_only_and_tnas_adapts_alpha(tiny_learner, algo):
+    learner, state, meta_grad = tiny_learner(algo)
+    tasks = tiny_tasks(algo)
     support = (tasks["support_x"][0], tasks["support_y"][0])
-    for algo in ("auto_maml", "tnas"):
-        learner = MetaLearner(MetaConfig(algo=algo, way=3, inner_steps=1, **TINY_NAS), (8, 8, 3))
-        state = learner.init(jax.random.key(0))
-        _, _, grads = jax.jit(learner.meta_grad)(learner.meta_params(state), tasks)
-        # Alpha is meta-learned in both; in Auto-MAML only through the weights' adaptation.
-        assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads["alpha"]))
-        task_alpha = jax.jit(learner.task_alpha)(state, support)
-        moved = max(float(jnp.max(jnp.abs(task_alpha[t] - state.alpha[t]))) for t in state.alpha)
-        assert (moved > 0) == (algo == "tnas")
+    _, _, grads = meta_grad(learner.meta_params(state), tasks)
+    # Alpha is meta-learned in both; in Auto-MAML only through the weights' adaptation.
+    assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads["alpha"]))
+    task_alpha = jax.jit(learner.task_alpha)(state, support)
+    moved = max(float(jnp.max(jnp.abs(task_alpha[t] - state.alpha[t]))) for t in state.alpha)
+    assert (moved > 0) == (algo == "tnas")
 
 
 def test_step_on_four_devices_equals_one_device():
@@ -195,7 +216,7 @@ def tnas_args(data_dir, save, algo, *extra):
     ]  # fmt: skip
     if algo == "maml":
         return args + ["--filters", "4", *extra]
-    return args + ["--init_channels", "4", "--nodes", "2", "--ops", ",".join(OPS), *extra]
+    return args + ["--init_channels", "4", "--nodes", "2", "--ops", ",".join(META_OPS), *extra]
 
 
 def test_maml_run_resumes_to_the_uninterrupted_result(fake_omniglot, tmp_path, capsys):
@@ -224,13 +245,13 @@ def test_architecture_runs_write_the_derived_genotype(fake_omniglot, tmp_path, a
     save = tmp_path / algo
     assert script.main(tnas_args(fake_omniglot, save, algo, "--iterations", "2")) == 0
     alphas = dict(np.load(save / "alphas.npz"))
-    assert set(alphas) == {"normal", "reduce"} and alphas["normal"].shape == (5, len(OPS))
-    genotype = load_genotype(save / "genotype.json", OPS)
-    assert genotype == derive_genotype(alphas, OPS, 2, 2)
+    assert set(alphas) == {"normal", "reduce"} and alphas["normal"].shape == (5, len(META_OPS))
+    genotype = load_genotype(save / "genotype.json", META_OPS)
+    assert genotype == derive_genotype(alphas, META_OPS, 2, 2)
     assert (save / "genotype.png").exists() and (save / "alphas.png").exists()
     result = json.load(open(save / "test.json"))
     assert 0 <= result["test_acc"] <= 1 and result["test_ci95"] >= 0
-    assert genotype_from_dict(json.load(open(save / "genotype.json")), OPS) == genotype
+    assert genotype_from_dict(json.load(open(save / "genotype.json")), META_OPS) == genotype
 
 
 def test_bad_settings_are_refused(fake_omniglot, tmp_path, capsys):

@@ -25,8 +25,11 @@ def test_network_logits_and_alpha_shapes(shape):
     assert {k: v.shape for k, v in alpha.items()} == {"normal": (5, 4), "reduce": (5, 4)}
     assert float(jnp.std(alpha["normal"])) < 1e-2  # 1e-3 * N(0, 1)
     x = jnp.ones(shape)
-    variables = net.init(jax.random.key(1), x, alpha)
-    logits, _ = net.apply(variables, x, alpha, mutable=["batch_stats"])
+    # Shapes only: tracing checks them without compiling the network.
+    variables = jax.eval_shape(net.init, jax.random.key(1), x, alpha)
+    logits, _ = jax.eval_shape(
+        lambda v: net.apply(v, x, alpha, mutable=["batch_stats"]), variables
+    )
     assert logits.shape == (2, 3)
     assert net.reduction_layers() == (1, 2)
     assert "params" in variables and "alpha" not in str(jax.tree_util.tree_structure(variables))

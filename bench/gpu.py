@@ -1,0 +1,125 @@
+"""The prepared benchmark run for a GPU machine (run through bench/gpu.sh).
+
+    bash bench/gpu.sh              # on the accelerator: about 8 minutes
+    bash bench/gpu.sh --smoke      # tiny sizes on any machine (the test suite runs this)
+
+Prints one JSON line per item: the device first; then, each in a fresh subprocess with its
+own time limit, the four search steps at the paper's network and batch 64 (compile seconds,
+median step seconds, peak device memory) and a T-NAS meta-iteration at its defaults; then
+the projected wall time of each full published run from the measured steps. An item that
+fails or runs out of time prints its error and the run goes on; items whose code does not
+exist yet are listed as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name -> (script, arguments at full size, arguments for --smoke); in the order they run,
+# the ones the projections need first.
+SMOKE_SEARCH = ["--batch", "8", "--hw", "8", "--layers", "3", "--init_channels", "4",
+                "--nodes", "1", "--ops", "none,skip_connect,max_pool_3x3", "--steps", "1"]
+ITEMS = {
+    "darts_2nd": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
+    "gdas": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
+    "darts_1st": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
+    "milenas": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
+    "tnas_mini": (
+        "meta_step.py",
+        ["--steps", "2"],
+        ["--steps", "1", "--meta_batch", "1", "--way", "2", "--query", "1", "--image_size",
+         "8", "--init_channels", "4", "--nodes", "1", "--ops", "none,skip_connect",
+         "--inner_steps", "1", "--inner_steps_test", "1"],
+    ),
+}
+# Items of the open issues, measured here once their code exists.
+PLANNED = {
+    "nb201_search": "the NAS-Bench-201 space (issue: open design)",
+    "train_darts_f32": "experiments/train.py (issue: evaluate)",
+    "train_darts_bf16": "experiments/train.py (issue: evaluate)",
+}
+# Full published runs: (item whose step it repeats, epochs, steps per epoch). A CIFAR-10
+# search trains on half of the 50,000 training images at batch 64, the last partial batch
+# dropped: 25,000 // 64 = 390 steps per epoch.
+PROJECTIONS = {
+    "darts_2nd_search_50_epochs": ("darts_2nd", 50, 25_000 // 64),
+    "gdas_search_240_epochs": ("gdas", 240, 25_000 // 64),
+}
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def run_item(name: str, smoke: bool, limit: float) -> dict:
+    script, full, small = ITEMS[name]
+    command = [sys.executable, os.path.join(HERE, script), *(small if smoke else full),
+               "--one", name]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"item": name, "error": f"over its {limit:.0f} s limit"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"item": name, "error": f"exit {done.returncode}: {' | '.join(tail)}"}
+    return {"item": name, **json.loads(lines[-1]),
+            "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, any device")
+    p.add_argument("--budget", type=float, default=450.0,
+                   help="seconds for all items together (default %(default)s)")
+    p.add_argument("--items", default=",".join(ITEMS), help=f"from {', '.join(ITEMS)}")
+    args = p.parse_args()
+    unknown = sorted(set(args.items.split(",")) - set(ITEMS))
+    if unknown:
+        p.error(f"unknown items {unknown}; choose from {', '.join(ITEMS)}")
+
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; d = jax.devices()[0]; "
+         "print(jax.__version__, jax.default_backend(), d.device_kind, len(jax.devices()))"],
+        capture_output=True, text=True,
+    )
+    if probe.returncode:
+        emit({"device": None, "error": probe.stderr.strip().splitlines()[-1:]})
+        return 1
+    version, backend, kind, count = probe.stdout.split(maxsplit=3)
+    emit({"device": kind, "backend": backend, "devices": int(count), "jax": version,
+          "smoke": args.smoke})
+
+    deadline = time.perf_counter() + args.budget
+    results = {}
+    for name in args.items.split(","):
+        left = deadline - time.perf_counter()
+        if left < 10:
+            emit({"item": name, "error": "no time left in --budget"})
+            continue
+        results[name] = run_item(name, args.smoke, left)
+        emit(results[name])
+    for name, why in PLANNED.items():
+        emit({"item": name, "skipped": f"not built yet: {why}"})
+    for name, (item, epochs, per_epoch) in PROJECTIONS.items():
+        step = results.get(item, {}).get("step_s_median")
+        if step is None:
+            emit({"projection": name, "error": f"no {item} step time"})
+            continue
+        hours = step * epochs * per_epoch / 3600
+        emit({"projection": name, "step_s": step, "epochs": epochs,
+              "steps_per_epoch": per_epoch, "hours": round(hours, 2)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

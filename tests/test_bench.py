@@ -1,0 +1,27 @@
+"""bench/gpu.sh, the prepared GPU benchmark run, in its --smoke form: tiny sizes on the CPU,
+so that the script cannot rot between the sessions that have a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.common import ROOT
+
+
+def test_gpu_benchmark_smoke_run_prints_every_item():
+    env = {**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--smoke"], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert records[0]["backend"] == "cpu" and records[0]["smoke"] is True
+    items = {r["item"]: r for r in records if "item" in r}
+    for name in ("darts_2nd", "gdas", "darts_1st", "milenas", "tnas_mini"):
+        assert "error" not in items[name], items[name]
+        assert items[name]["compile_s"] > 0 and items[name]["step_s_median"] > 0
+    assert all("skipped" in items[name] for name in ("nb201_search", "train_darts_f32"))
+    projections = {r["projection"]: r for r in records if "projection" in r}
+    darts = projections["darts_2nd_search_50_epochs"]
+    assert darts["hours"] == round(items["darts_2nd"]["step_s_median"] * 50 * 390 / 3600, 2)
+    assert "hours" in projections["gdas_search_240_epochs"]
