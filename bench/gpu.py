@@ -5,7 +5,8 @@
 
 Prints one JSON line per item: the device first; then, each in a fresh subprocess with its
 own time limit, the four search steps at the paper's network and batch 64 (compile seconds,
-median step seconds, peak device memory) and a T-NAS meta-iteration at its defaults; then
+median step seconds, peak device memory), DARTS's and GDAS's on NAS-Bench-201's network,
+and a T-NAS meta-iteration at its defaults; then
 the projected wall time of each full published run from the measured steps. An item that
 fails or runs out of time prints its error and the run goes on; items whose code does not
 exist yet are listed as skipped.
@@ -22,17 +23,24 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# name -> (script, arguments at full size, arguments for --smoke); in the order they run,
-# the ones the projections need first.
+# name -> (script, its --one, arguments at full size, arguments for --smoke); in the order
+# they run, the ones the projections need first.
 SMOKE_SEARCH = ["--batch", "8", "--hw", "8", "--layers", "3", "--init_channels", "4",
                 "--nodes", "1", "--ops", "none,skip_connect,max_pool_3x3", "--steps", "1"]
+SEARCH = ["--batch", "64", "--steps", "5"]
+NB201 = ["--space", "nas-bench-201"]
+SMOKE_NB201 = [*NB201, "--batch", "8", "--hw", "8", "--init_channels", "4",
+               "--cells_per_stage", "1", "--steps", "1"]
 ITEMS = {
-    "darts_2nd": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
-    "gdas": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
-    "darts_1st": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
-    "milenas": ("search_step.py", ["--batch", "64", "--steps", "5"], SMOKE_SEARCH),
+    "darts_2nd": ("search_step.py", "darts_2nd", SEARCH, SMOKE_SEARCH),
+    "gdas": ("search_step.py", "gdas", SEARCH, SMOKE_SEARCH),
+    "nb201_darts_1st": ("search_step.py", "darts_1st", [*NB201, *SEARCH], SMOKE_NB201),
+    "nb201_gdas": ("search_step.py", "gdas", [*NB201, *SEARCH], SMOKE_NB201),
+    "darts_1st": ("search_step.py", "darts_1st", SEARCH, SMOKE_SEARCH),
+    "milenas": ("search_step.py", "milenas", SEARCH, SMOKE_SEARCH),
     "tnas_mini": (
         "meta_step.py",
+        "tnas_mini",
         ["--steps", "2"],
         ["--steps", "1", "--meta_batch", "1", "--way", "2", "--query", "1", "--image_size",
          "8", "--init_channels", "4", "--nodes", "1", "--ops", "none,skip_connect",
@@ -41,7 +49,6 @@ ITEMS = {
 }
 # Items of the open issues, measured here once their code exists.
 PLANNED = {
-    "nb201_search": "the NAS-Bench-201 space (issue: open design)",
     "train_darts_f32": "experiments/train.py (issue: evaluate)",
     "train_darts_bf16": "experiments/train.py (issue: evaluate)",
 }
@@ -51,6 +58,8 @@ PLANNED = {
 PROJECTIONS = {
     "darts_2nd_search_50_epochs": ("darts_2nd", 50, 25_000 // 64),
     "gdas_search_240_epochs": ("gdas", 240, 25_000 // 64),
+    "nb201_darts_search_50_epochs": ("nb201_darts_1st", 50, 25_000 // 64),
+    "nb201_gdas_search_250_epochs": ("nb201_gdas", 250, 25_000 // 64),
 }
 
 
@@ -59,9 +68,9 @@ def emit(record: dict) -> None:
 
 
 def run_item(name: str, smoke: bool, limit: float) -> dict:
-    script, full, small = ITEMS[name]
+    script, one, full, small = ITEMS[name]
     command = [sys.executable, os.path.join(HERE, script), *(small if smoke else full),
-               "--one", name]
+               "--one", one]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=limit)

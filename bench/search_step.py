@@ -4,6 +4,8 @@
     python bench/search_step.py --batch 64          # GPU
     python bench/search_step.py --algos darts_1st --layers 3 --init_channels 8
     python bench/search_step.py --batch 64 --devices 8   # data-parallel over 8 devices
+    python bench/search_step.py --space nas-bench-201 --batch 64 --algos darts_1st,snas
+    python bench/search_step.py --space nas-bench-201 --cells_per_stage 1   # compile vs N
     JAX_NUM_CPU_DEVICES=4 python bench/search_step.py --devices 4   # 4 CPU devices
 
 Prints one JSON line per algorithm. Each algorithm runs in a fresh subprocess so that neither
@@ -20,15 +22,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, run_rows, timed  # noqa: E402
 
-from jnas.genotype import PRIMITIVES  # noqa: E402
-
 ALGOS = {
     "darts_1st": {"algorithm": "darts"},
     "darts_2nd": {"algorithm": "darts", "second_order": True, "hessian": "exact"},
     "darts_2nd_fd": {"algorithm": "darts", "second_order": True, "hessian": "finite_difference"},
     "gdas": {"algorithm": "gdas"},
     "milenas": {"algorithm": "milenas"},
-    "milenas_gdas": {"algorithm": "milenas", "gumbel": True},
+    "milenas_gdas": {"algorithm": "milenas", "relaxation": "gdas"},
+    "snas": {"algorithm": "snas"},
 }
 
 
@@ -40,11 +41,13 @@ def measure(args) -> dict:
     from jnas.sharding import data_mesh, put_batch
 
     config = SearchConfig(
+        space=args.space,
         batch_size=args.batch,
         init_channels=args.init_channels,
         layers=args.layers,
         nodes=args.nodes,
-        primitives=tuple(args.ops.split(",")),
+        cells_per_stage=args.cells_per_stage,
+        primitives=tuple(args.ops.split(",")) if args.ops else None,
         **ALGOS[args.one],
     )
     mesh = data_mesh(args.devices)
@@ -76,12 +79,14 @@ def measure(args) -> dict:
     times = timed(run, args.steps + 1)
     return {
         "algo": args.one,
+        "space": args.space,
         "batch": args.batch,
         "devices": mesh.size,
         "init_channels": args.init_channels,
         "layers": args.layers,
         "nodes": args.nodes,
-        "ops": len(config.primitives),
+        "cells_per_stage": args.cells_per_stage,
+        "ops": len(search.space.primitives),
         "hw": args.hw,
         "classes": args.classes,
         "init_s": round(init_s, 2),
@@ -95,11 +100,13 @@ def main():
     p.add_argument(
         "--algos", default="darts_1st,darts_2nd,gdas,milenas", help=f"from {sorted(ALGOS)}"
     )
+    p.add_argument("--space", default="darts", help="darts or nas-bench-201")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--init_channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--ops", default=",".join(PRIMITIVES), help="comma-separated candidate ops")
+    p.add_argument("--nodes", type=int, default=4, help="DARTS space")
+    p.add_argument("--cells_per_stage", type=int, default=5, help="NAS-Bench-201 space")
+    p.add_argument("--ops", help="comma-separated candidate ops (default: the space's)")
     p.add_argument("--hw", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--devices", type=int, default=1, help="split the batch over N devices")

@@ -2,6 +2,8 @@
 
     # the paper's CIFAR-10 search (240 epochs), with the fixed reduction cell
     python experiments/gdas.py --fix_reduction --data_dir ~/tensorflow_datasets
+    # on NAS-Bench-201's space, with the benchmark's settings (250 epochs)
+    python experiments/gdas.py --space nas-bench-201 --data_dir ~/tensorflow_datasets
     # a few minutes on a laptop CPU, no download
     python experiments/gdas.py --dataset digits --layers 3 --init_channels 8 --epochs 5 \
         --batch_size 32 --save runs/gdas_digits
@@ -13,23 +15,13 @@ DARTS's (the paper's settings), the outputs and resume behaviour those of darts.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from jnas import cli
-from jnas.search import SearchConfig
-
-DEFAULTS = dataclasses.replace(SearchConfig(algorithm="gdas"), epochs=240, save="runs/gdas")
-
-
-def parser():
-    p = cli.search_parser(__doc__, DEFAULTS)
-    cli.add_gumbel_flags(p, DEFAULTS)
-    return p
 
 
 def main(argv=None) -> int:
-    return cli.main(parser(), argv, algorithm="gdas")
+    return cli.search_main("gdas", __doc__, argv)
 
 
 if __name__ == "__main__":

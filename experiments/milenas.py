@@ -14,31 +14,20 @@ and defaults are DARTS's, the outputs and resume behaviour those of darts.py.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from jnas import cli
-from jnas.search import SearchConfig
-
-DEFAULTS = dataclasses.replace(SearchConfig(algorithm="milenas"), save="runs/milenas")
 
 
-def parser():
-    p = cli.search_parser(__doc__, DEFAULTS)
-    p.add_argument(
-        "--lambda", "--lam", dest="lam", type=float, default=DEFAULTS.lam,
-        help="weight of the validation loss in the architecture gradient",
+def gdas_flag(parser):
+    parser.add_argument(
+        "--gdas", dest="relaxation", action="store_const", const="gdas",
+        help="GDAS's single-path Gumbel relaxation (MiLeNAS+GDAS): --relaxation gdas",
     )
-    p.add_argument(
-        "--gdas", dest="gumbel", action="store_true",
-        help="GDAS's single-path Gumbel relaxation (MiLeNAS+GDAS)",
-    )
-    cli.add_gumbel_flags(p, DEFAULTS)
-    return p
 
 
 def main(argv=None) -> int:
-    return cli.main(parser(), argv, algorithm="milenas")
+    return cli.search_main("milenas", __doc__, argv, extra=gdas_flag)
 
 
 if __name__ == "__main__":

@@ -45,5 +45,5 @@ class Checkpointer:
             raise JnasError(
                 f"the checkpoint {path} could not be read ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:200]}). Nothing was deleted: move that folder away "
-                "to resume from the previous checkpoint, or pass a new --save to start afresh."
+                "to resume from the previous checkpoint, or pass a new `save` to start afresh."
             ) from None

@@ -7,26 +7,29 @@ only its algorithm's flags and fixes `algorithm`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 
 import jax
 
+from jnas.algorithms import ALGORITHMS, algorithm
 from jnas.episodes import FEWSHOT_DATASETS
 from jnas.errors import JnasError
-from jnas.genotype import PRIMITIVES
 from jnas.meta import ALGORITHMS as META_ALGORITHMS
 from jnas.meta import MetaConfig
 from jnas.meta_runner import run_meta
+from jnas.relax import RELAXATIONS
 from jnas.runner import run_search
 from jnas.search import SearchConfig
 from jnas.sharding import initialize_distributed
+from jnas.spaces import SPACES
 
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla")
 
 # Flags that are not SearchConfig (MetaConfig) fields.
 _SCRIPT_FLAGS = (
-    "ops",
     "no_progress",
     "compile_cache",
     "distributed",
@@ -34,31 +37,65 @@ _SCRIPT_FLAGS = (
     "num_processes",
     "process_id",
 )
+# A field's flag is --<field>, except these; and these fields take more names.
+_FLAG_NAMES = {"primitives": "ops"}
+_ALIASES = {"second_order": ("--unrolled",), "lam": ("--lambda",)}
+# Fields whose default may be None: the type of their values.
+_NONE_TYPES = {"data_dir": str, "relaxation": str, "tau_max": float, "tau_min": float,
+               "devices": int, "benchmark": str,
+               "primitives": lambda text: tuple(text.split(","))}
+_HELP = {
+    "space": f"search space: {', '.join(SPACES)}",
+    "relaxation": f"relaxation of alpha: {', '.join(RELAXATIONS)} (default: the algorithm's)",
+    "dataset": "digits, cifar10, cifar100 or a .npz path",
+    "data_dir": "TFDS data_dir or folder of .npz files",
+    "primitives": "comma-separated candidate operations (default: the space's)",
+    "nodes": "intermediate nodes per cell (DARTS space)",
+    "layers": "cells (DARTS space)",
+    "cells_per_stage": "cells per stage, N (NAS-Bench-201 space)",
+    "fix_reduction": "GDAS's fixed reduction cell (FRC): search the normal cell only",
+    "second_order": "DARTS's unrolled bilevel step",
+    "lam": "MiLeNAS's weight of the validation loss in the architecture gradient",
+    "tau_max": "first-epoch temperature (default: the relaxation's)",
+    "tau_min": "last-epoch temperature (default: the relaxation's)",
+    "nesterov": "Nesterov momentum for the weights",
+    "benchmark": "NAS-Bench-201: a NATS-Bench file or folder (pip install \"jnas[nats]\"), or a "
+    "CSV with an arch column; every epoch's derived cell is looked up in it",
+}
+_RUN_FIELDS = ("seed", "save", "devices")  # add_run_flags
+
+
+class _Formatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The script's docstring as written, and every flag's default in its help."""
+
+
+def flag(field: str) -> str:
+    return "--" + _FLAG_NAMES.get(field, field)
 
 
 def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
-    """The flags every search script has, with the official DARTS names."""
-    d = defaults
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default=d.dataset, help="digits, cifar10, cifar100 or a .npz path")
-    p.add_argument("--data_dir", default=d.data_dir, help="TFDS data_dir or folder of .npz files")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
-    p.add_argument("--learning_rate", type=float, default=d.learning_rate)
-    p.add_argument("--learning_rate_min", type=float, default=d.learning_rate_min)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--init_channels", type=int, default=d.init_channels)
-    p.add_argument("--layers", type=int, default=d.layers)
-    p.add_argument("--nodes", type=int, default=d.nodes, help="intermediate nodes per cell")
-    p.add_argument(
-        "--ops", default=",".join(PRIMITIVES), help="comma-separated candidate operations"
-    )
-    p.add_argument("--train_portion", type=float, default=d.train_portion)
-    p.add_argument("--arch_learning_rate", type=float, default=d.arch_learning_rate)
-    p.add_argument("--arch_weight_decay", type=float, default=d.arch_weight_decay)
-    p.add_argument("--grad_clip", type=float, default=d.grad_clip)
-    add_run_flags(p, d, "each batch")
+    """A flag for every SearchConfig field the algorithm reads (named as the official code
+    names it), with `defaults` (`SearchConfig.published`) as the defaults."""
+    algo = algorithm(defaults.algorithm)
+    options = {o for a in ALGORITHMS.values() for o in a.options}
+    p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter)
+    for f in dataclasses.fields(SearchConfig):
+        name = f.name
+        if name == "algorithm" or name in _RUN_FIELDS or (name in options
+                                                          and name not in algo.options):
+            continue
+        default = getattr(defaults, name)
+        kwargs = {"default": default, "dest": name, "help": _HELP.get(name)}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif name == "hessian":
+            kwargs["choices"] = ("exact", "finite_difference")
+        else:
+            kwargs["type"] = _NONE_TYPES.get(name, type(default))
+            if name == "primitives":
+                kwargs["metavar"] = "OPS"
+        p.add_argument(flag(name), *_ALIASES.get(name, ()), **kwargs)
+    add_run_flags(p, defaults, "each batch")
     return p
 
 
@@ -98,26 +135,24 @@ def add_host_flags(p: argparse.ArgumentParser) -> None:
     hosts.add_argument("--process_id", type=int)
 
 
-def add_gumbel_flags(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
-    """GDAS's temperature schedule and fixed reduction cell."""
-    p.add_argument("--tau_max", type=float, default=defaults.tau_max, help="first-epoch tau")
-    p.add_argument("--tau_min", type=float, default=defaults.tau_min, help="last-epoch tau")
-    p.add_argument(
-        "--fix_reduction",
-        action="store_true",
-        help="GDAS's fixed reduction cell (FRC): search the normal cell only",
-    )
+def search_main(algorithm_name: str, doc: str, argv=None, extra=None) -> int:
+    """The search scripts' main: `--space` (and the algorithm) choose the defaults, the
+    other flags override them; 2 on a JnasError. `extra(parser)` adds script-only flags."""
 
-
-def main(parser: argparse.ArgumentParser, argv=None, **fixed) -> int:
-    """Parse, build the config (`fixed` fields override flags), search; 2 on a JnasError."""
-
-    def run(args):
+    def run(argv):
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--space", default="darts")
+        space = pre.parse_known_args(argv)[0].space
+        defaults = SearchConfig.published(algorithm_name, space, save=f"runs/{algorithm_name}")
+        parser = search_parser(doc, defaults)
+        if extra is not None:
+            extra(parser)
+        args = _parse(parser, argv)
         fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
-        config = SearchConfig(**fields, **fixed, primitives=tuple(args["ops"].split(",")))
+        config = SearchConfig(algorithm=algorithm_name, **fields)
         run_search(config, progress=not args["no_progress"])
 
-    return _run(parser, argv, run)
+    return _run(run, argv, SearchConfig)
 
 
 def meta_parser(doc: str, defaults: MetaConfig) -> argparse.ArgumentParser:
@@ -152,12 +187,14 @@ def meta_parser(doc: str, defaults: MetaConfig) -> argparse.ArgumentParser:
 def meta_main(parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse, build the MetaConfig, meta-train and test; 2 on a JnasError."""
 
-    def run(args):
+    def run(argv):
+        args = _parse(parser, argv)
         fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
-        config = MetaConfig(**fields, primitives=tuple(args["ops"].split(",")))
+        primitives = tuple(fields.pop("ops").split(","))
+        config = MetaConfig(**fields, primitives=primitives)
         run_meta(config, progress=not args["no_progress"])
 
-    return _run(parser, argv, run)
+    return _run(run, argv, MetaConfig)
 
 
 def avoid_gpu_compiler_abort() -> None:
@@ -170,19 +207,28 @@ def avoid_gpu_compiler_abort() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
 
 
-def _run(parser: argparse.ArgumentParser, argv, run) -> int:
+def _parse(parser: argparse.ArgumentParser, argv) -> dict:
+    args = vars(parser.parse_args(argv))
+    if args["compile_cache"] != "none":
+        jax.config.update("jax_compilation_cache_dir", args["compile_cache"])
+    coordinator = args["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if args["distributed"] or coordinator:
+        initialize_distributed(args["coordinator_address"], args["num_processes"],
+                               args["process_id"])
+    return args
+
+
+def as_flags(message: str, config_class) -> str:
+    """A library message with its `field` names written as the command line's --flags."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    return re.sub(r"`(\w+)`", lambda m: flag(m[1]) if m[1] in fields else m[0], message)
+
+
+def _run(run, argv, config_class) -> int:
     avoid_gpu_compiler_abort()
     try:
-        args = vars(parser.parse_args(argv))
-        if args["compile_cache"] != "none":
-            jax.config.update("jax_compilation_cache_dir", args["compile_cache"])
-        coordinator = args["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
-        if args["distributed"] or coordinator:
-            initialize_distributed(
-                args["coordinator_address"], args["num_processes"], args["process_id"]
-            )
-        run(args)
+        run(argv)
     except JnasError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flags(str(e), config_class)}", file=sys.stderr)
         return 2
     return 0

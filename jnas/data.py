@@ -44,19 +44,19 @@ class ImageDataset:
     def __post_init__(self):
         if self.x.dtype != np.uint8 or self.x.ndim != 4:
             raise JnasError(
-                f"dataset {self.name!r}: x must be uint8 with shape (N, H, W, C), got "
+                f"dataset {self.name!r}: `x` must be uint8 with shape (N, H, W, C), got "
                 f"{self.x.dtype} {self.x.shape}; convert the images to uint8 NHWC"
             )
         if self.y.ndim != 1 or len(self.y) != len(self.x):
             raise JnasError(
-                f"dataset {self.name!r}: y must have shape ({len(self.x)},) to match x, got "
+                f"dataset {self.name!r}: `y` must have shape ({len(self.x)},) to match `x`, got "
                 f"{self.y.shape}; give one label per image"
             )
         channels = self.x.shape[-1]
         if len(self.mean) != channels or len(self.std) != channels:
             raise JnasError(
-                f"dataset {self.name!r}: mean and std need {channels} values (one per channel), "
-                f"got {len(self.mean)} and {len(self.std)}"
+                f"dataset {self.name!r}: `mean` and `std` need {channels} values (one per "
+                f"channel), got {len(self.mean)} and {len(self.std)}"
             )
 
     def __len__(self) -> int:
@@ -70,7 +70,7 @@ class ImageDataset:
 def load_dataset(name: str, data_dir: str | None = None, split: str = "train") -> ImageDataset:
     """Load "digits", "cifar10", "cifar100", or a whole .npz file (then split is ignored)."""
     if name.endswith(".npz"):
-        x, y = _read_npz(Path(name))
+        x, y = read_npz(Path(name))
         mean, std = _channel_stats(x)
         return ImageDataset(name, x, y, int(y.max()) + 1, mean, std, augment=False)
     if name == "digits":
@@ -87,14 +87,14 @@ def search_split(ds: ImageDataset, train_portion: float) -> tuple[ImageDataset, 
     """Split into (weights part, architecture part) in file order, as the DARTS code does."""
     if not 0 < train_portion < 1:
         raise JnasError(
-            f"train_portion must be strictly between 0 and 1, got {train_portion}; "
-            "use e.g. --train_portion 0.5"
+            f"`train_portion` must be strictly between 0 and 1, got {train_portion}; "
+            "use e.g. `train_portion` 0.5"
         )
     cut = int(train_portion * len(ds))
     if cut == 0 or cut == len(ds):
         raise JnasError(
-            f"train_portion {train_portion} of the {len(ds)} examples in {ds.name!r} leaves one "
-            "part empty; use a train_portion nearer 0.5 or more data"
+            f"`train_portion` {train_portion} of the {len(ds)} examples in {ds.name!r} leaves "
+            "one part empty; use a `train_portion` nearer 0.5 or more data"
         )
     return ds.subset(slice(0, cut)), ds.subset(slice(cut, None))
 
@@ -102,12 +102,12 @@ def search_split(ds: ImageDataset, train_portion: float) -> tuple[ImageDataset, 
 def num_train_batches(ds: ImageDataset, batch_size: int) -> int:
     """Batches per epoch from train_batches (the last partial batch is dropped)."""
     if batch_size < 1:
-        raise JnasError(f"--batch_size must be at least 1, got {batch_size}")
+        raise JnasError(f"`batch_size` must be at least 1, got {batch_size}")
     if batch_size > len(ds):
         # Dropping the remainder would leave no step at all, so say so instead of doing nothing.
         raise JnasError(
-            f"--batch_size {batch_size} is larger than the {len(ds)} examples in this "
-            f"{ds.name!r} split; lower --batch_size to at most {len(ds)}"
+            f"`batch_size` {batch_size} is larger than the {len(ds)} examples in this "
+            f"{ds.name!r} split; lower `batch_size` to at most {len(ds)}"
         )
     return len(ds) // batch_size
 
@@ -122,7 +122,7 @@ def train_batches(
     """
     steps = num_train_batches(ds, batch_size)
     if seed < 0 or epoch < 0:
-        raise JnasError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
+        raise JnasError(f"`seed` and `epoch` must be >= 0, got seed={seed}, epoch={epoch}")
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(ds))
     for step in range(steps):
@@ -143,7 +143,7 @@ def eval_batches(
     `rows` as in `train_batches`.
     """
     if batch_size < 1:
-        raise JnasError(f"--batch_size must be at least 1, got {batch_size}")
+        raise JnasError(f"`batch_size` must be at least 1, got {batch_size}")
     for start in range(0, len(ds), batch_size):
         index = np.arange(start, start + batch_size)[rows]
         real = index < len(ds)
@@ -229,10 +229,10 @@ def _load_cifar(name: str, data_dir: str | None, split: str) -> ImageDataset:
     candidates = [folder / f for folder in folders for f in local_names]
     local = next((p for p in candidates if p.is_file()), None)
     if local is not None:
-        x, y = _read_npz(local)
+        x, y = read_npz(local)
         source = str(local)
     else:
-        x, y = _load_tfds(name, data_dir, split, local_names)
+        x, y = load_tfds(name, data_dir, split, local_names)
         source = f"TFDS {name} split {split!r}"
     if x.shape[1:] != (32, 32, 3):
         raise JnasError(f"{source}: {name} images must be 32x32x3, got {x.shape[1:]}")
@@ -243,16 +243,16 @@ def _load_cifar(name: str, data_dir: str | None, split: str) -> ImageDataset:
     return ImageDataset(name, x, y, num_classes, mean, std, augment=True)
 
 
-def _load_tfds(
+def load_tfds(
     name: str, data_dir: str | None, split: str, local_names: tuple[str, ...], joiner: str = "or"
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole TFDS split as (x uint8 NHWC, y int32); `local_names` are the local files that
     were looked for instead (any one of them: joiner "or"; all: "and"), for the messages."""
     files = f" {joiner} ".join(local_names)
     if data_dir:
-        no_local = f"no {files} in --data_dir {data_dir} or {Path(data_dir) / name}"
+        no_local = f"no {files} in `data_dir` {data_dir} or {Path(data_dir) / name}"
     else:
-        no_local = f"no --data_dir was given to look for {files}"
+        no_local = f"no `data_dir` was given to look for {files}"
     tfds_dir = data_dir or "TFDS's default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
     # Keep TensorFlow's start-up chatter out of the training log unless the user asked for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -262,7 +262,7 @@ def _load_tfds(
     except ImportError:
         raise JnasError(
             f"{name} split {split!r}: {no_local}, and tensorflow-datasets is not installed; "
-            'pip install "jnas[tfds]", or pass a --data_dir that holds those .npz files'
+            'pip install "jnas[tfds]", or pass a `data_dir` that holds those .npz files'
         ) from None
     try:
         # TF must not reserve the GPU that JAX is about to use; it only feeds numpy here.
@@ -282,7 +282,7 @@ def _load_tfds(
             f"{name} split {split!r} was not found: {no_local}, and TFDS has no prepared "
             f"'{name}' in {tfds_dir} ({reason}). Where there is internet, run: python -c "
             f"\"import tensorflow_datasets as tfds; tfds.builder('{name}', "
-            f"data_dir='{data_dir or 'DIR'}').download_and_prepare()\", then pass --data_dir "
+            f"data_dir='{data_dir or 'DIR'}').download_and_prepare()\", then pass `data_dir` "
             "pointing at that folder"
         ) from None
     if not parts:
@@ -292,7 +292,7 @@ def _load_tfds(
     return x, y
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read plain (x, y) or JPEG-packed (jpeg, offsets, y) arrays; x comes back uint8 NHWC."""
     if not path.is_file():
         raise JnasError(f"dataset file {path} does not exist; check the path")
@@ -302,7 +302,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError) as err:
         raise JnasError(f"cannot read {path} as a numpy .npz file ({err})") from None
     if {"jpeg", "offsets", "y"} <= arrays.keys():
-        x = _decode_jpegs(path, arrays["jpeg"], arrays["offsets"], len(arrays["y"]))
+        x = decode_jpegs(path, arrays["jpeg"], arrays["offsets"], len(arrays["y"]))
     elif {"x", "y"} <= arrays.keys():
         x = arrays["x"]
         if x.ndim == 3:
@@ -329,7 +329,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int32)
 
 
-def _decode_jpegs(path: Path, jpeg: np.ndarray, offsets: np.ndarray, n: int) -> np.ndarray:
+def decode_jpegs(path: Path, jpeg: np.ndarray, offsets: np.ndarray, n: int) -> np.ndarray:
+    """`n` JPEGs packed in `jpeg` (image i is bytes offsets[i]:offsets[i + 1]) -> uint8 NHWC."""
     from PIL import Image
 
     if jpeg.dtype != np.uint8 or jpeg.ndim != 1 or offsets.shape != (n + 1,):

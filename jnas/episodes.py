@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jnas.data import _decode_jpegs, _load_tfds, _read_npz, preprocess
+from jnas.data import decode_jpegs, load_tfds, preprocess, read_npz
 from jnas.errors import JnasError
 
 FEWSHOT_DATASETS = ("omniglot", "mini_imagenet")
@@ -48,7 +48,7 @@ class FewShotSplit:
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 5:
             raise JnasError(
-                f"few-shot split {self.name!r}: images must be uint8 with shape "
+                f"few-shot split {self.name!r}: `images` must be uint8 with shape "
                 f"(classes, per_class, H, W, C), got {self.images.dtype} {self.images.shape}; "
                 "group the uint8 NHWC images by class"
             )
@@ -60,11 +60,11 @@ class FewShotSplit:
         channels = self.images.shape[-1]
         if len(self.mean) != channels or len(self.std) != channels:
             raise JnasError(
-                f"few-shot split {self.name!r}: mean and std need {channels} values (one per "
+                f"few-shot split {self.name!r}: `mean` and `std` need {channels} values (one per "
                 f"channel), got {len(self.mean)} and {len(self.std)}"
             )
         if min(self.std) <= 0:
-            raise JnasError(f"few-shot split {self.name!r}: std must be > 0, got {self.std}")
+            raise JnasError(f"few-shot split {self.name!r}: `std` must be > 0, got {self.std}")
 
     @property
     def num_classes(self) -> int:
@@ -104,18 +104,18 @@ class EpisodeSampler:
     """N-way K-shot episodes from one split: `way` classes, `shot` + `query` images of each."""
 
     def __init__(self, split: FewShotSplit, *, way: int, shot: int, query: int):
-        for flag, value in (("--way", way), ("--shot", shot), ("--query", query)):
+        for name, value in (("way", way), ("shot", shot), ("query", query)):
             if value < 1:
-                raise JnasError(f"{flag} must be at least 1, got {value}")
+                raise JnasError(f"`{name}` must be at least 1, got {value}")
         if way > split.num_classes:
             raise JnasError(
-                f"--way {way} is more than the {split.num_classes} classes in {split.name!r}; "
-                f"lower --way to at most {split.num_classes}"
+                f"`way` {way} is more than the {split.num_classes} classes in {split.name!r}; "
+                f"lower `way` to at most {split.num_classes}"
             )
         if shot + query > split.per_class:
             raise JnasError(
-                f"--shot {shot} + --query {query} = {shot + query} images per class, but "
-                f"{split.name!r} has only {split.per_class} per class; lower --shot or --query "
+                f"`shot` {shot} + `query` {query} = {shot + query} images per class, but "
+                f"{split.name!r} has only {split.per_class} per class; lower `shot` or `query` "
                 f"so that they add up to at most {split.per_class}"
             )
         self.split = split
@@ -134,7 +134,7 @@ class EpisodeSampler:
         """
         _check_count("tasks", tasks)
         if seed < 0 or index < 0:
-            raise JnasError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+            raise JnasError(f"`seed` and `index` must be >= 0, got seed={seed}, index={index}")
         episodes = [self._episode(np.random.default_rng([seed, 0, index, t])) for t in range(tasks)]
         return self._stack(episodes)
 
@@ -148,7 +148,7 @@ class EpisodeSampler:
         _check_count("count", count)
         _check_count("tasks", tasks)
         if seed < 0:
-            raise JnasError(f"seed must be >= 0, got {seed}")
+            raise JnasError(f"`seed` must be >= 0, got {seed}")
         return self._fixed(count, tasks, seed)
 
     def _fixed(self, count: int, tasks: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
@@ -184,7 +184,7 @@ class EpisodeSampler:
 
 def _check_count(what: str, value: int) -> None:
     if value < 1:
-        raise JnasError(f"{what} must be at least 1, got {value}")
+        raise JnasError(f"`{what}` must be at least 1, got {value}")
 
 
 def _folders(data_dir: str | None, name: str) -> list[Path]:
@@ -266,7 +266,7 @@ def _omniglot_characters(data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
 def _omniglot_packed(background, evaluation) -> tuple[np.ndarray, np.ndarray]:
     # Reading and resizing all 32,460 images takes about 4 s on one core (1.4 s of it is
     # np.load decompressing the two files), hence the cache for repeated loads.
-    parts = [_read_npz(Path(key[0])) for key in (background, evaluation)]
+    parts = [read_npz(Path(key[0])) for key in (background, evaluation)]
     (xb, yb), (xe, ye) = parts
     overlap = np.intersect1d(yb, ye)
     if len(overlap):
@@ -285,7 +285,7 @@ def _omniglot_tfds(data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     # is the global character id 0..1622 in both, the same numbering as the packed files.
     xs, ys = [], []
     for tfds_split in ("train", "test"):
-        x, y = _load_tfds("omniglot", data_dir, tfds_split, _OMNIGLOT_FILES, joiner="and")
+        x, y = load_tfds("omniglot", data_dir, tfds_split, _OMNIGLOT_FILES, joiner="and")
         xs.append(_omniglot_28(x[..., :1], f"TFDS omniglot {tfds_split!r}"))  # RGB, all alike
         ys.append(y)
     ids, chars = _group_by_label(np.concatenate(xs), np.concatenate(ys), "TFDS omniglot")
@@ -330,10 +330,10 @@ def _load_mini_imagenet(data_dir: str | None, split: str) -> FewShotSplit:
         packed = next((f / _MINI_FILE for f in folders if (f / _MINI_FILE).is_file()), None)
         if packed is None:  # 2. the JPEG-packed file
             where = (
-                f"--data_dir {data_dir} or {folders[1]}" if data_dir else "no --data_dir was given"
+                f"`data_dir` {data_dir} or {folders[1]}" if data_dir else "no `data_dir` was given"
             )
             raise JnasError(
-                f"mini_imagenet split {split!r} was not found ({where}). Give a --data_dir "
+                f"mini_imagenet split {split!r} was not found ({where}). Give a `data_dir` "
                 "(or a folder mini_imagenet/ in it) that holds either Ravi & Larochelle's layout, "
                 f"images/*.jpg with {', '.join(csvs)} (header filename,label), or the packed "
                 f"{_MINI_FILE}"
@@ -431,7 +431,7 @@ def _mini_packed(file_key, split: str) -> np.ndarray:
     starts, ends = offsets[index], offsets[index + 1]
     sub_offsets = np.concatenate([[0], np.cumsum(ends - starts)])
     buffer = np.concatenate([jpeg[s:e] for s, e in zip(starts, ends, strict=True)])
-    x = _decode_jpegs(path, buffer, sub_offsets, len(index))
+    x = decode_jpegs(path, buffer, sub_offsets, len(index))
     if x.shape[1:] != (_MINI_SIZE, _MINI_SIZE, 3):
         raise JnasError(f"{path}: mini-ImageNet images must be 84x84x3, got {x.shape[1:]}")
     return _read_only(x.reshape(len(ids), -1, *x.shape[1:]))

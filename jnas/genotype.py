@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from jnas import derive
 from jnas.errors import JnasError
+from jnas.io import write_json
 
 PRIMITIVES = (
     "none",
@@ -130,23 +131,31 @@ def alpha_weights(
     return weights
 
 
-def _parse_cell(weights: np.ndarray, primitives: Sequence[str], steps: int) -> list:
-    """Keep the 2 strongest incoming edges of each node, each with its best non-'none' op."""
-    usable = np.array([op != "none" for op in primitives])
-    if not usable.any():
-        raise JnasError("primitives has no op other than 'none'; a genotype needs a real op")
-    # Masking 'none' to -inf ranks edges and picks ops among real ops only; 'none' is the
-    # relaxation's "no edge", so a large 'none' weight must not decide the architecture.
-    masked = np.where(usable, weights, -np.inf)
-    gene = []
-    for node in range(steps):
-        rows = masked[edge_index(node, 0) : edge_index(node + 1, 0)]
-        strength = rows.max(axis=1)
-        # Stable sort keeps the lower input index first on ties, as the official code does.
-        kept = np.argsort(-strength, kind="stable")[:2]
-        for j in kept:
-            gene.append((primitives[int(np.argmax(rows[j]))], int(j)))
-    return gene
+def genotype_from_derived(derived, primitives, incoming, steps: int) -> Genotype:
+    """The Genotype of derived cells `{cell type: (ops, strength)}` (`jnas.derive`): per
+    node its kept edges (op != -1), strongest first, ties to the lower input. A cell type
+    absent from `derived` is GDAS's fixed reduction cell."""
+    cells = {}
+    for cell, (ops, strength) in derived.items():
+        ops, strength = np.asarray(ops), np.asarray(strength)
+        gene = []
+        for rows in incoming:
+            rows = np.asarray(rows)
+            kept = rows[ops[rows] >= 0]
+            kept = kept[np.argsort(-strength[kept], kind="stable")]
+            gene += [(primitives[int(ops[r])], int(r - rows[0])) for r in kept]
+        cells[cell] = tuple(gene)
+    concat = tuple(range(2, steps + 2))
+    fixed = "reduce" not in cells
+    return validate_genotype(
+        Genotype(
+            normal=cells["normal"],
+            normal_concat=concat,
+            reduce=() if fixed else cells["reduce"],
+            reduce_concat=() if fixed else concat,
+        ),
+        None,
+    )
 
 
 def derive_genotype(
@@ -169,13 +178,11 @@ def derive_genotype(
     if not _is_int(multiplier) or not 1 <= multiplier <= steps:
         raise JnasError(f"multiplier must be an int in 1..steps={steps}, got {multiplier!r}")
     primitives = tuple(primitives)
+    incoming = [list(range(edge_index(n, 0), edge_index(n + 1, 0))) for n in range(steps)]
+    derived = {c: derive.rule("darts")(w, incoming, primitives) for c, w in weights.items()}
+    g = genotype_from_derived(derived, primitives, incoming, steps)
     concat = tuple(range(2 + steps - multiplier, steps + 2))
-    return Genotype(
-        normal=tuple(_parse_cell(weights["normal"], primitives, steps)),
-        normal_concat=concat,
-        reduce=() if fixed_reduction else tuple(_parse_cell(weights["reduce"], primitives, steps)),
-        reduce_concat=() if fixed_reduction else concat,
-    )
+    return g._replace(normal_concat=concat, reduce_concat=() if fixed_reduction else concat)
 
 
 def _check_cell(name: str, edges: Any, primitives: Sequence[str] | None) -> tuple:
@@ -321,18 +328,7 @@ def genotype_from_dict(d: Mapping[str, Any], primitives: Sequence[str] = PRIMITI
 
 def save_genotype(genotype: Genotype, path: str | os.PathLike) -> Path:
     """Write `genotype` as JSON (indent 2), atomically so a crash never leaves half a file."""
-    path = Path(path)
-    text = json.dumps(genotype_to_dict(genotype), indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, genotype_to_dict(genotype))
 
 
 def load_genotype(path: str | os.PathLike, primitives: Sequence[str] = PRIMITIVES) -> Genotype:

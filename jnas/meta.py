@@ -35,9 +35,10 @@ import optax
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
 from jnas.ops import batch_norm, check_primitives
-from jnas.search import accuracy, cross_entropy, init_variables
+from jnas.relax import make_relaxation
 from jnas.sharding import ShardedStep, data_mesh, put_replicated
-from jnas.spaces import SearchNetwork, derived_edge_weights
+from jnas.spaces import DartsSpace
+from jnas.steps import accuracy, cross_entropy, init_variables
 from jnas.transforms import maml_adapt, maml_meta_grad
 
 ALGORITHMS = ("maml", "auto_maml", "tnas")
@@ -78,20 +79,20 @@ class MetaConfig:
 
     def __post_init__(self):
         if self.algo not in ALGORITHMS:
-            raise JnasError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
+            raise JnasError(f"`algo` must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
         positive = (
             "way", "shot", "query", "meta_batch", "iterations", "test_episodes", "filters",
             "init_channels", "layers", "nodes", "log_every", "checkpoint_every",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
-                raise JnasError(f"--{name} must be positive, got {getattr(self, name)}")
+                raise JnasError(f"`{name}` must be positive, got {getattr(self, name)}")
         for name in ("inner_steps", "inner_steps_test"):
             if getattr(self, name) < 0:
-                raise JnasError(f"--{name} must be >= 0, got {getattr(self, name)}")
+                raise JnasError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_every % self.log_every:
             raise JnasError(
-                f"--checkpoint_every {self.checkpoint_every} must be a multiple of --log_every "
+                f"`checkpoint_every` {self.checkpoint_every} must be a multiple of `log_every` "
                 f"{self.log_every}, so that a resumed run logs the same windows"
             )
         check_primitives(self.primitives)
@@ -142,13 +143,15 @@ def meta_network(config: MetaConfig, image_shape: tuple[int, int, int]) -> nn.Mo
     down to about 28x28 (84x84 -> 28x28), the width of the paper's C=16."""
     if not config.searches_architecture:
         return ConvLearner(config.way, config.filters)
-    return SearchNetwork(
-        num_classes=config.way,
+    return meta_space(config, image_shape).network(config.way, train=True)
+
+
+def meta_space(config: MetaConfig, image_shape: tuple[int, int, int]) -> DartsSpace:
+    return DartsSpace(
+        primitives=tuple(config.primitives),
         init_channels=config.init_channels,
         layers=config.layers,
-        steps=config.nodes,
-        multiplier=config.nodes,
-        primitives=tuple(config.primitives),
+        nodes=config.nodes,
         reductions=tuple(range(1, config.layers, 2)),
         stem_stride=max(1, image_shape[0] // 28),
     )
@@ -167,6 +170,9 @@ class MetaLearner:
         self.image_shape = tuple(image_shape)
         self.mesh = data_mesh(1) if mesh is None else mesh
         self.model = meta_network(config, self.image_shape)
+        # T-NAS relaxes alpha as DARTS does, and tests the architecture derived by its rule.
+        self.space = meta_space(config, self.image_shape)
+        self.relaxation = make_relaxation("darts", 1)
         self.w_tx = optax.adam(config.meta_lr_w)
         self.alpha_tx = optax.adam(config.meta_lr_alpha, b1=0.5, b2=0.999)
         self.step = ShardedStep(self._step, self.mesh, batch_argnums=(1,))
@@ -177,8 +183,9 @@ class MetaLearner:
         k_w, k_alpha = jax.random.split(key)
         x = jnp.zeros((2, *self.image_shape), jnp.float32)
         if self.config.searches_architecture:
-            alpha = self.model.init_alpha(k_alpha)
-            w = init_variables(self.model.init, k_w, x, alpha)["params"]
+            alpha = self.relaxation.init_alpha(k_alpha, self.space.alpha_shapes())
+            weights = self.relaxation.op_weights(alpha)
+            w = init_variables(self.model.init, k_w, x, weights)["params"]
         else:
             alpha = {}
             w = init_variables(self.model.init, k_w, x)["params"]
@@ -192,16 +199,18 @@ class MetaLearner:
         return put_replicated(state, self.mesh)
 
     def loss(self, params, batch, edge_weights=None):
-        """`(cross entropy, accuracy)` of `params` (w, or {"w", "alpha"}) on `(x, y)`."""
+        """`(cross entropy, accuracy)` of `params` (w, or {"w", "alpha"}) on `(x, y)`;
+        `edge_weights` replaces the relaxation's weights of alpha (the derived cells)."""
         x, y = batch
         if self.config.searches_architecture:
-            args = (x, params["alpha"])
-            kwargs = {"edge_weights": edge_weights}
+            if edge_weights is None:
+                edge_weights = self.relaxation.op_weights(params["alpha"])
+            args = (x, edge_weights)
             params = params["w"]
         else:
-            args, kwargs = (x,), {}
+            args = (x,)
         # Batch statistics normalise; the running averages Flax would keep are dropped.
-        logits, _ = self.model.apply({"params": params}, *args, mutable=["batch_stats"], **kwargs)
+        logits, _ = self.model.apply({"params": params}, *args, mutable=["batch_stats"])
         return cross_entropy(logits, y), accuracy(logits, y)
 
     def meta_params(self, state: MetaState):
@@ -278,9 +287,7 @@ class MetaLearner:
             query = (task["query_x"], task["query_y"])
             if cfg.searches_architecture:
                 alpha = self.task_alpha(state, support)
-                derived = {
-                    t: derived_edge_weights(a, cfg.primitives, cfg.nodes) for t, a in alpha.items()
-                }
+                derived = self.space.derived_weights(self.relaxation.op_weights(alpha))
 
                 def loss(w, batch):
                     return self.loss({"w": w, "alpha": alpha}, batch, derived)

@@ -1,53 +1,37 @@
-"""The meta-training loop of experiments/tnas.py: episodes -> step -> metrics -> files.
+"""Meta-training as a job of the run loop (`jnas.loop`): episodes -> step -> metrics -> files.
 
 `run_meta(config)` writes into `config.save`:
 
 - `metrics.jsonl`: one line per `log_every` meta-iterations (mean query loss and accuracy
-  after adaptation, over the window's tasks; seconds; meta-iterations per second), and
-  `curves.png`, the two against the meta-iteration
+  after adaptation, over the window's tasks; seconds; `steps_per_second`, meta-iterations
+  per second), and `curves.png`, the two against the meta-iteration
 - `test.json`: the final test accuracy, mean and 95% confidence interval over the fixed
   `test_episodes` episodes of the test classes
 - `genotype.json`, `alphas.npz`, `genotype.png`, `alphas.png` (Auto-MAML, T-NAS): the
   architecture derived from the meta-alpha
-- `checkpoints/<iteration>/`, `config.json`: rerunning with the same `--save` resumes from
+- `checkpoints/<iteration>/`, `config.json`: rerunning with the same `save` resumes from
   the newest checkpoint; episodes depend only on (seed, iteration), so the result is that of
   an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
-from jnas.checkpoint import Checkpointer
+from jnas import loop
 from jnas.episodes import EpisodeSampler, load_fewshot
-from jnas.errors import JnasError
-from jnas.genotype import derive_genotype, save_genotype
+from jnas.io import write_json
 from jnas.meta import MetaConfig, MetaLearner
-from jnas.plotting import plot_alpha, plot_curves, plot_genotype
-from jnas.runner import (
-    RUN_FIELDS,
-    check_resumable,
-    read_metrics,
-    stack_metrics,
-    write_atomic,
-)
-from jnas.sharding import (
-    assert_traced_once,
-    data_mesh,
-    is_main_process,
-    local_rows,
-    put_batch,
-)
+from jnas.plotting import plot_curves
+from jnas.runner import write_architecture
+from jnas.sharding import assert_traced_once, data_mesh, is_main_process, local_rows, put_batch
 
 # Meta-training has no schedule, so a run may be continued to more iterations, and the final
 # test may use another number of episodes.
-_MAY_DIFFER = (*RUN_FIELDS, "iterations", "test_episodes")
+_MAY_DIFFER = (*loop.RUN_FIELDS, "iterations", "test_episodes")
 
 # One test set for every run and seed, so that models are compared on the same episodes.
 TEST_SEED = 0
@@ -59,7 +43,7 @@ def test_accuracy(learner: MetaLearner, state, sampler: EpisodeSampler, count: i
     The interval is the normal approximation 1.96 * std / sqrt(n), as few-shot papers report.
     """
     batch = learner.config.meta_batch
-    mine = local_rows(learner.mesh, batch, "--meta_batch")
+    mine = local_rows(learner.mesh, batch, "meta_batch")
     accs = []
     for tasks in sampler.fixed(count, batch, seed=seed):
         mask = tasks.pop("mask")
@@ -72,112 +56,91 @@ def test_accuracy(learner: MetaLearner, state, sampler: EpisodeSampler, count: i
     return float(accs.mean()), float(1.96 * accs.std(ddof=1) / np.sqrt(len(accs))), len(accs)
 
 
-def _write_architecture(config: MetaConfig, state) -> None:
-    alpha = {k: np.asarray(v) for k, v in jax.device_get(state.alpha).items()}
-    genotype = derive_genotype(alpha, config.primitives, config.nodes, config.nodes)
-    save = config.save
-    save_genotype(genotype, os.path.join(save, "genotype.json"))
-    tmp = os.path.join(save, "alphas.tmp.npz")
-    np.savez(tmp, **alpha)
-    os.replace(tmp, os.path.join(save, "alphas.npz"))
-    title = f"meta-iteration {int(state.step)}"
-    plot_genotype(genotype, os.path.join(save, "genotype.png"), title=title)
-    plot_alpha(
-        alpha,
-        os.path.join(save, "alphas.png"),
-        primitives=config.primitives,
-        title=f"softmax(alpha), {title}",
-    )
+class MetaJob:
+    """Meta-training in windows of `log_every` meta-iterations, then the test."""
+
+    unit = "iteration"
+    loss_key = "loss"
+    may_differ = _MAY_DIFFER
+    hint = "Lower `meta_lr_w`, `inner_lr_w` or `inner_lr_alpha`."
+
+    def __init__(self, config: MetaConfig):
+        self.config = config
+        train = load_fewshot(config.dataset, config.data_dir, "train")
+        test = load_fewshot(config.dataset, config.data_dir, "test")
+        shape = dict(way=config.way, shot=config.shot, query=config.query)
+        self.train_sampler = EpisodeSampler(train, **shape)
+        self.test_sampler = EpisodeSampler(test, **shape)
+        self.mesh = data_mesh(config.devices)
+        self.mine = local_rows(self.mesh, config.meta_batch, "meta_batch")
+        self.learner = MetaLearner(config, train.image_shape, self.mesh)
+        self.steps = (self.learner.step,)
+        self.total_steps = config.iterations
+
+    def init(self):
+        return self.learner.init(jax.random.key(self.config.seed))
+
+    def units(self, done):
+        every, last = self.config.log_every, self.config.iterations
+        return sorted({*range(done + every - done % every, last + 1, every), last} - {done})
+
+    def steps_before(self, unit):
+        return unit
+
+    def step_inputs(self, unit):
+        cfg = self.config
+        for it in range(unit - (unit - 1) % cfg.log_every - 1, unit):
+            tasks = self.train_sampler.batch(cfg.meta_batch, seed=cfg.seed, index=it)
+            yield (put_batch({k: v[self.mine] for k, v in tasks.items()}, self.mesh),)
+
+    def step(self, state, tasks):
+        return self.learner.step(state, tasks)
+
+    def row(self, state, unit, means):
+        return {"query_loss": means["loss"], "query_acc": means["acc"]}
+
+    def write(self, state, rows):
+        cfg = self.config
+        plot_curves(
+            rows,
+            os.path.join(cfg.save, "curves.png"),
+            "iteration",
+            ("query_loss", "query_acc"),
+            title=f"{cfg.algo}, {cfg.dataset}",
+        )
+        if cfg.searches_architecture:
+            learner = self.learner
+            arch = learner.space.derive(learner.relaxation.op_weights(
+                jax.device_get(state.alpha)))
+            title = f"meta-iteration {int(state.step)}"
+            write_architecture(cfg.save, learner.space, learner.relaxation, state.alpha, arch,
+                               title)
+
+    def checkpoint_due(self, unit):
+        return unit % self.config.checkpoint_every == 0 or unit == self.config.iterations
+
+    def summary(self, row):
+        return None
+
+    def finish(self, state, rows):
+        cfg = self.config
+        mean, ci95, n = test_accuracy(
+            self.learner, state, self.test_sampler, cfg.test_episodes, TEST_SEED
+        )
+        result = {"test_acc": mean, "test_ci95": ci95, "test_episodes": n,
+                  "iterations": cfg.iterations}
+        if is_main_process():
+            write_json(os.path.join(cfg.save, "test.json"), result)
+            print(
+                f"test accuracy {100 * mean:.2f} +- {100 * ci95:.2f} % (95% CI, {n} episodes "
+                f"of {cfg.way}-way {cfg.shot}-shot {cfg.dataset}, after {cfg.iterations} "
+                "meta-iterations)",
+                flush=True,
+            )
+        return {"rows": rows, **result}
 
 
 def run_meta(config: MetaConfig, *, progress: bool = True) -> dict:
     """Meta-train (or resume), then test; returns {"rows": metrics, "test_acc", ...}."""
-    train = load_fewshot(config.dataset, config.data_dir, "train")
-    test = load_fewshot(config.dataset, config.data_dir, "test")
-    shape = dict(way=config.way, shot=config.shot, query=config.query)
-    train_sampler, test_sampler = EpisodeSampler(train, **shape), EpisodeSampler(test, **shape)
-    mesh = data_mesh(config.devices)
-    mine = local_rows(mesh, config.meta_batch, "--meta_batch")
-    main = is_main_process()
-    if main:
-        os.makedirs(config.save, exist_ok=True)
-    check_resumable(config, os.path.join(config.save, "config.json"), _MAY_DIFFER)
-
-    learner = MetaLearner(config, train.image_shape, mesh)
-    state = learner.init(jax.random.key(config.seed))
-    checkpointer = Checkpointer(os.path.join(config.save, "checkpoints"))
-    metrics_path = os.path.join(config.save, "metrics.jsonl")
-    start = checkpointer.latest_epoch() or 0
-    rows = []
-    if start:
-        state = checkpointer.restore(start, like=state)
-        rows = read_metrics(metrics_path, start, key="iteration")
-        if main:
-            print(f"resuming {config.save} after meta-iteration {start}")
-
-    bar = tqdm(
-        range(start, config.iterations),
-        initial=start,
-        total=config.iterations,
-        desc=f"{config.algo} {config.dataset} {config.way}-way {config.shot}-shot",
-        disable=not (progress and main),
-    )
-    window, t0 = [], time.time()
-    for it in bar:
-        tasks = train_sampler.batch(config.meta_batch, seed=config.seed, index=it)
-        state, m = learner.step(state, put_batch({k: v[mine] for k, v in tasks.items()}, mesh))
-        window.append(m)  # kept on device: no host round trip until the window is logged
-        assert_traced_once(learner.step)
-        done = it + 1
-        if done % config.log_every and done != config.iterations:
-            continue
-        means = {k: float(np.mean(v)) for k, v in jax.device_get(stack_metrics(window)).items()}
-        if not all(np.isfinite(v) for v in means.values()):
-            raise JnasError(
-                f"the query loss became non-finite by meta-iteration {done} ({means}); the "
-                f"last checkpoint in {config.save} is kept. Lower --meta_lr_w, --inner_lr_w or "
-                "--inner_lr_alpha."
-            )
-        seconds = time.time() - t0
-        rows.append(
-            {
-                "iteration": done,
-                "query_loss": means["loss"],
-                "query_acc": means["acc"],
-                "seconds": seconds,
-                "iterations_per_second": len(window) / seconds,
-            }
-        )
-        bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['acc']:.3f}")
-        window, t0 = [], time.time()
-        if main:
-            write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-            plot_curves(
-                rows,
-                os.path.join(config.save, "curves.png"),
-                "iteration",
-                ("query_loss", "query_acc"),
-                title=f"{config.algo}, {config.dataset}",
-            )
-            if config.searches_architecture:
-                _write_architecture(config, state)
-        if done % config.checkpoint_every == 0 or done == config.iterations:
-            checkpointer.save(done, state)
-    bar.close()
-
-    mean, ci95, n = test_accuracy(learner, state, test_sampler, config.test_episodes, TEST_SEED)
-    result = {
-        "test_acc": mean,
-        "test_ci95": ci95,
-        "test_episodes": n,
-        "iterations": config.iterations,
-    }
-    if main:
-        write_atomic(os.path.join(config.save, "test.json"), json.dumps(result, indent=2))
-        print(
-            f"test accuracy {100 * mean:.2f} +- {100 * ci95:.2f} % (95% CI, {n} episodes of "
-            f"{config.way}-way {config.shot}-shot {config.dataset}, after {config.iterations} "
-            "meta-iterations)",
-            flush=True,
-        )
-    return {"rows": rows, **result}
+    desc = f"{config.algo} {config.dataset} {config.way}-way {config.shot}-shot"
+    return loop.run(MetaJob(config), progress=progress, desc=desc)

@@ -1,4 +1,5 @@
-"""Candidate operations of the DARTS search space, as Flax modules on NHWC inputs.
+"""Candidate operations of the DARTS search space (and NAS-Bench-201's `nor_conv_1x1`,
+`nor_conv_3x3`), as Flax modules on NHWC inputs.
 
 Semantics follow the official DARTS code: a separable convolution is two stacked
 ReLU-depthwise-pointwise-BN blocks (the first carries the stride), a dilated convolution is one
@@ -45,19 +46,27 @@ def _output_size(size: int, stride: int) -> int:
 
 
 class ReLUConvBN(nn.Module):
-    """ReLU -> k x k convolution -> BN."""
+    """ReLU -> k x k convolution (padding (k - 1) // 2: k // 2 for odd k) -> BN.
+
+    `use_bias` gives the convolution a bias: NAS-Bench-201's `nor_conv_*` ops have one
+    exactly when their BN is affine-free (`bias=not affine`, xautodl cell_operations.py).
+    """
 
     features: int
     kernel_size: int = 1
     stride: int = 1
     affine: bool = True
     train: bool = True
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x):
         x = nn.relu(x)
-        if self.kernel_size == 1 and self.stride == 1:
-            x = nn.Dense(self.features, use_bias=False)(x)
+        if self.stride == 1:
+            # The convolution as one matmul over the k x k shifted views (1x1: x itself).
+            # XLA:CPU differentiates a convolution inside a `scan` (the NAS-Bench-201 cells)
+            # about 30x slower than outside; this form 15x faster than that (bench/README.md).
+            x = nn.Dense(self.features, use_bias=self.use_bias)(_patches(x, self.kernel_size))
         else:
             pad = (self.kernel_size - 1) // 2
             x = nn.Conv(
@@ -65,9 +74,20 @@ class ReLUConvBN(nn.Module):
                 (self.kernel_size, self.kernel_size),
                 strides=self.stride,
                 padding=((pad, pad), (pad, pad)),
-                use_bias=False,
+                use_bias=self.use_bias,
             )(x)
         return batch_norm(self.train, self.affine)(x)
+
+
+def _patches(x, k: int):
+    """The k x k neighbourhoods of every pixel (zero padding (k - 1) // 2) as channels, in
+    the (row, column, channel) order of a flattened HWIO kernel."""
+    if k == 1:
+        return x
+    p = (k - 1) // 2
+    xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
+    h, w = x.shape[1:3]
+    return jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(k) for j in range(k)], -1)
 
 
 def depthwise_conv(
@@ -281,15 +301,14 @@ def _max_pool_3x3_jvp(stride, primals, tangents):
 
 
 class Pool(nn.Module):
-    """3x3 max or average pooling (average excludes the padding), then affine-free BN."""
+    """3x3 max or average pooling (the average excludes the padding)."""
 
     kind: str
     stride: int
-    train: bool = True
 
     @nn.compact
     def __call__(self, x):
-        return batch_norm(self.train, affine=False)(pool_3x3(x, self.kind, self.stride))
+        return pool_3x3(x, self.kind, self.stride)
 
 
 class Identity(nn.Module):
@@ -313,8 +332,8 @@ OpFactory = Callable[[int, int, bool, bool], nn.Module]
 # name -> factory(channels, stride, affine, train); the output keeps the channel count.
 OPS: dict[str, OpFactory] = {
     "none": lambda c, stride, affine, train: Zero(stride),
-    "max_pool_3x3": lambda c, stride, affine, train: Pool("max", stride, train),
-    "avg_pool_3x3": lambda c, stride, affine, train: Pool("avg", stride, train),
+    "max_pool_3x3": lambda c, stride, affine, train: Pool("max", stride),
+    "avg_pool_3x3": lambda c, stride, affine, train: Pool("avg", stride),
     "skip_connect": lambda c, stride, affine, train: (
         Identity() if stride == 1 else FactorizedReduce(c, affine, train)
     ),
@@ -322,6 +341,13 @@ OPS: dict[str, OpFactory] = {
     "sep_conv_5x5": lambda c, stride, affine, train: SepConv(c, 5, stride, affine, train),
     "dil_conv_3x3": lambda c, stride, affine, train: DilConv(c, 3, stride, 2, affine, train),
     "dil_conv_5x5": lambda c, stride, affine, train: DilConv(c, 5, stride, 2, affine, train),
+    # NAS-Bench-201's plain convolutions: ReLU -> conv (bias when BN is affine-free) -> BN.
+    "nor_conv_1x1": lambda c, stride, affine, train: ReLUConvBN(
+        c, 1, stride, affine, train, use_bias=not affine
+    ),
+    "nor_conv_3x3": lambda c, stride, affine, train: ReLUConvBN(
+        c, 3, stride, affine, train, use_bias=not affine
+    ),
 }
 
 
@@ -353,28 +379,41 @@ class MixedOp(nn.Module):
     `sampled(x, hard, index)` is GDAS's single path: only op `index` runs, as
     `hard[index] * op_index(x) + sum_{j != index} hard[j]`. In value that is `op_index(x)`
     (`hard` is one-hot); in gradient every entry of `hard` is reached, as in the published code.
+
+    `pool_bn` follows each pooling op with an affine-free BatchNorm, as DARTS's search
+    `MixedOp` does (cnn/model_search.py); NAS-Bench-201's search cells pool without one.
     """
 
     channels: int
     stride: int
     primitives: tuple[str, ...]
     train: bool = True
+    pool_bn: bool = True
 
     def setup(self):
         self.ops = [
             make_op(name, self.channels, self.stride, affine=False, train=self.train)
             for name in self.primitives
         ]
+        self.pool_norms = {
+            str(k): batch_norm(self.train, affine=False)
+            for k, op in enumerate(self.ops)
+            if self.pool_bn and isinstance(op, Pool)
+        }
+
+    def _op(self, k, x):
+        y = self.ops[k](x)
+        return self.pool_norms[str(k)](y) if str(k) in self.pool_norms else y
 
     def __call__(self, x, weights):
         out = 0.0
-        for k, (name, op) in enumerate(zip(self.primitives, self.ops, strict=True)):
+        for k, name in enumerate(self.primitives):
             if name != "none":
-                out = out + weights[k] * op(x)
+                out = out + weights[k] * self._op(k, x)
         return out
 
     def sampled(self, x, hard, index):
-        branches = [lambda mdl, x, k=k: mdl.ops[k](x) for k in range(len(self.ops))]
+        branches = [lambda mdl, x, k=k: mdl._op(k, x) for k in range(len(self.ops))]
         if self.is_initializing():
             # Every branch must own its variables before the switch, which runs one branch.
             for branch in branches:

@@ -8,7 +8,6 @@ registered in pyplot's global figure list (no leak over many epochs), no GUI bac
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,40 +17,35 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, FancyArrowPatch
 
-from jnas.genotype import (
-    CELL_TYPES,
-    PRIMITIVES,
-    Genotype,
-    alpha_weights,
-    is_fixed_reduction,
-    num_edges,
-    validate_genotype,
-)
+from jnas.errors import JnasError
+from jnas.genotype import Genotype, is_fixed_reduction, validate_genotype
+from jnas.io import atomic_write
 
 _INPUT_LABELS = ("$c_{k-2}$", "$c_{k-1}$")
+_CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
 _COLORS = {"input": "darkseagreen", "node": "lightblue", "output": "palegoldenrod"}
 
 
 def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Save as PNG next to `path` then rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             fig.savefig(f, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         # Drop the figure's artists at once rather than waiting for the garbage collector.
         fig.clear()
-    return path
+    return Path(path)
 
 
 def _state_label(state: int) -> str:
     return _INPUT_LABELS[state] if state < 2 else f"$n_{{{state - 2}}}$"
+
+
+def darts_edge_labels(steps: int) -> list[str]:
+    """The rows of a DARTS cell's alpha: node by node, inputs in order."""
+    return [
+        f"{_state_label(src)} → $n_{{{node}}}$" for node in range(steps) for src in range(node + 2)
+    ]
 
 
 def _layout(steps: int) -> dict[Any, tuple[float, float]]:
@@ -200,19 +194,22 @@ def plot_genotype(
 
 
 def plot_alpha(
-    alpha: Mapping[str, Any],
+    weights: Mapping[str, Any],
     path: str | os.PathLike,
-    primitives: Sequence[str] = PRIMITIVES,
+    primitives: Sequence[str],
+    edge_labels: Sequence[str],
     title: str | None = None,
 ) -> Path:
-    """Heatmaps of softmax(alpha) per edge for both cells, values annotated, into a PNG."""
-    weights = alpha_weights(alpha, primitives, cells=[c for c in CELL_TYPES if c in alpha])
-    rows = weights["normal"].shape[0]
-    steps = next(n for n in range(1, rows + 1) if num_edges(n) == rows)
-    # Node by node, inputs in order: the row order of alpha (genotype.edge_index).
-    labels = [
-        f"{_state_label(src)} → $n_{{{node}}}$" for node in range(steps) for src in range(node + 2)
-    ]
+    """Heatmaps of the op weights per edge (softmax(alpha) for DARTS), one per cell type,
+    values annotated, into a PNG. `edge_labels` names the rows (`Space.edge_labels()`)."""
+    weights = {cell: np.asarray(w, np.float64) for cell, w in weights.items()}
+    rows = len(edge_labels)
+    for cell, w in weights.items():
+        if w.shape != (rows, len(primitives)):
+            raise JnasError(
+                f"weights[{cell!r}] has shape {w.shape}, expected ({rows}, {len(primitives)}) "
+                "(one row per edge label, one column per op)"
+            )
     # One color scale for both cells so their colors compare; it spans the data, not [0, 1],
     # because early in a search every weight is near 1/ops and the differences are small.
     vmin = min(float(w.min()) for w in weights.values())
@@ -229,8 +226,8 @@ def plot_alpha(
         w = weights[cell]
         image = ax.imshow(w, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.set_xticks(range(num_ops), primitives, rotation=45, ha="right", fontsize=9)
-        ax.set_yticks(range(rows), labels, fontsize=9)
-        ax.set_title("normal cell" if cell == "normal" else "reduction cell")
+        ax.set_yticks(range(rows), edge_labels, fontsize=9)
+        ax.set_title(_CELL_TITLES.get(cell, f"{cell} cell"))
         for r in range(rows):
             for c in range(num_ops):
                 dark = w[r, c] < vmin + 0.6 * (vmax - vmin)
@@ -238,7 +235,7 @@ def plot_alpha(
                     c, r, f"{w[r, c]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if dark else "black",
                 )
-    fig.colorbar(image, ax=list(axes), fraction=0.03, label="softmax weight")
+    fig.colorbar(image, ax=list(axes), fraction=0.03, label="op weight")
     if title:
         fig.suptitle(title)
     return _save_figure(fig, path)

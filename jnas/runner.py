@@ -1,88 +1,35 @@
-"""The search loop shared by the experiment scripts: data -> step -> metrics -> files.
+"""A search as a job of the run loop (`jnas.loop`): data -> step -> metrics -> files.
 
 `run_search(config)` writes into `config.save`:
 
-- `genotype.json`: the genotype derived from the current alpha (official JSON layout)
-- `alphas.npz`: raw alpha, arrays `normal` and `reduce`
+- `genotype.json`: the architecture derived from the current alpha (the space's JSON: the
+  official DARTS layout, or NAS-Bench-201's string)
+- `alphas.npz`: raw alpha, one array per cell type
 - `metrics.jsonl`: one JSON object per epoch
-- `genotype.png`, `alphas.png`: the two cells and softmax(alpha) per edge
+- `genotype.png`, `alphas.png`: the derived cells and the op weights per edge
 - `checkpoints/<epoch>/`: the full search state after each epoch
-- `config.json`: the settings; rerunning with the same `--save` resumes from the newest
+- `config.json`: the settings; rerunning with the same `save` resumes from the newest
   checkpoint and gives the same result as an uninterrupted run.
 
 The step runs data-parallel over `config.devices` devices of every process (jnas.sharding);
 with several processes each loads only its rows of every batch and process 0 alone writes
-files and prints. `--save` must then be a folder that every process sees.
+files and prints. `save` must then be a folder that every process sees.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import time
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jnas import data as jdata
-from jnas.checkpoint import Checkpointer
-from jnas.errors import JnasError
-from jnas.genotype import derive_genotype, genotype_to_dict, save_genotype
-from jnas.plotting import plot_alpha, plot_genotype
+from jnas import loop
+from jnas.benchmark import PREFIX, Benchmark
+from jnas.io import atomic_write, write_json
+from jnas.plotting import plot_alpha
 from jnas.search import Search, SearchConfig
-from jnas.sharding import (
-    assert_traced_once,
-    data_mesh,
-    is_main_process,
-    local_rows,
-    put_batch,
-)
-
-# Settings that say where things are and what runs them, not what is computed: they may
-# differ between a run and its resumption.
-RUN_FIELDS = ("data_dir", "save", "devices")
-
-
-def _config_dict(config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def check_resumable(config, path: str, may_differ: tuple[str, ...] = RUN_FIELDS) -> None:
-    """Refuse to resume a run written with other settings (those not in `may_differ`): its
-    checkpoint would not fit them, or it would compute something else."""
-    new = _config_dict(config)
-    if not os.path.exists(path):
-        if is_main_process():
-            write_atomic(path, json.dumps(new, indent=2))
-        return
-    with open(path) as f:
-        old = json.load(f)
-    diff = {k: (old.get(k), v) for k, v in new.items() if k not in may_differ and old.get(k) != v}
-    if diff:
-        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise JnasError(
-            f"{os.path.dirname(path)} holds a run with other settings ({changes}). "
-            "Rerun with the same flags to resume it, or pass a new --save."
-        )
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def read_metrics(path: str, up_to: int, key: str = "epoch") -> list[dict]:
-    """Metrics of the epochs (iterations) a checkpoint covers (a crash may have left later
-    lines)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r[key] <= up_to]
+from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
 
 
 def evaluate(search: Search, state, dataset, batch_size: int) -> tuple[float, float]:
@@ -95,134 +42,118 @@ def evaluate(search: Search, state, dataset, batch_size: int) -> tuple[float, fl
     return totals[0] / totals[2], totals[1] / totals[2]
 
 
-def _write_outputs(config: SearchConfig, state, metrics_rows: list[dict], genotype) -> None:
-    save = config.save
-    alpha = {k: np.asarray(v) for k, v in jax.device_get(state.alpha).items()}
-    save_genotype(genotype, os.path.join(save, "genotype.json"))
-    tmp = os.path.join(save, "alphas.tmp.npz")
-    np.savez(tmp, **alpha)
-    os.replace(tmp, os.path.join(save, "alphas.npz"))
-    write_atomic(
-        os.path.join(save, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in metrics_rows)
-    )
-    epoch = metrics_rows[-1]["epoch"]
-    plot_genotype(genotype, os.path.join(save, "genotype.png"), title=f"epoch {epoch}")
+def write_architecture(save: str, space, relaxation, alpha, arch, title: str) -> None:
+    """genotype.json, alphas.npz, genotype.png and alphas.png of `alpha` and its `arch`."""
+    alpha = {k: np.asarray(v) for k, v in jax.device_get(alpha).items()}
+    write_json(os.path.join(save, "genotype.json"), space.to_dict(arch))
+    with atomic_write(os.path.join(save, "alphas.npz"), "wb") as f:
+        np.savez(f, **alpha)
+    space.draw(arch, os.path.join(save, "genotype.png"), title=title)
     plot_alpha(
-        alpha,
+        relaxation.op_weights(alpha),
         os.path.join(save, "alphas.png"),
-        primitives=config.primitives,
-        title=f"softmax(alpha), epoch {epoch}",
+        space.primitives,
+        space.edge_labels(),
+        title=f"op weights, {title}",
     )
+
+
+class SearchJob:
+    """One search: epochs of (train batch, validation batch) steps, evaluated on the
+    architecture's half after each epoch."""
+
+    unit = "epoch"
+    loss_key = "train_loss"
+    may_differ = loop.RUN_FIELDS
+    hint = "Lower `learning_rate` or `arch_learning_rate`, or check the data for NaNs."
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+        dataset = jdata.load_dataset(config.dataset, config.data_dir, split="train")
+        self.dataset = dataset
+        self.w_split, self.alpha_split = jdata.search_split(dataset, config.train_portion)
+        self.steps_per_epoch = min(
+            jdata.num_train_batches(self.w_split, config.batch_size),
+            jdata.num_train_batches(self.alpha_split, config.batch_size),
+        )
+        self.mesh = data_mesh(config.devices)
+        self.mine = local_rows(self.mesh, config.batch_size)  # checks the split over devices
+        self.search = Search(config, dataset.num_classes, self.steps_per_epoch, self.mesh)
+        self.steps = (self.search.step, self.search.eval_step)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.init_key, self.step_key = jax.random.split(jax.random.key(config.seed))
+        self.benchmark = Benchmark.load(config.benchmark) if config.benchmark else None
+        if self.benchmark is not None:  # an unsupported space fails now, not after an epoch
+            zeros = {t: np.zeros(s) for t, s in self.search.space.alpha_shapes().items()}
+            self.search.space.benchmark_key(self.search.derive(zeros))
+
+    def init(self):
+        return self.search.init(self.init_key, jdata.preprocess(self.dataset, self.dataset.x[:2]))
+
+    def units(self, done):
+        return range(done + 1, self.config.epochs + 1)
+
+    def steps_before(self, unit):
+        return unit * self.steps_per_epoch
+
+    def step_inputs(self, epoch):
+        cfg = self.config
+        # Independent orders for the two halves: epochs 2e and 2e+1 of the data stream. The
+        # halves may differ by a batch; the epoch ends with the shorter one.
+        halves = [
+            jdata.train_batches(split, cfg.batch_size, seed=cfg.seed, epoch=2 * epoch + h,
+                                rows=self.mine)
+            for h, split in enumerate((self.w_split, self.alpha_split))
+        ]
+        for train_batch, val_batch in zip(*halves, strict=False):
+            yield put_batch(train_batch, self.mesh), put_batch(val_batch, self.mesh)
+
+    def step(self, state, train_batch, val_batch):
+        return self.search.step(
+            state, train_batch, val_batch, jax.random.fold_in(self.step_key, state.step)
+        )
+
+    def row(self, state, epoch, means):
+        valid_loss, valid_acc = evaluate(
+            self.search, state, self.alpha_split, self.config.batch_size
+        )
+        space = self.search.space
+        self.arch = self.search.derive(jax.device_get(state.alpha))
+        looked_up = {}
+        if self.benchmark is not None:
+            looked_up = self.benchmark.lookup(space.benchmark_key(self.arch))
+        return {
+            **means,
+            "valid_loss": valid_loss,
+            "valid_acc": valid_acc,
+            "genotype": space.to_dict(self.arch),
+            **looked_up,
+        }
+
+    def write(self, state, rows):
+        s = self.search
+        title = f"epoch {rows[-1]['epoch']}"
+        write_architecture(self.config.save, s.space, s.relaxation, state.alpha, self.arch, title)
+
+    def checkpoint_due(self, epoch):
+        return True
+
+    def summary(self, row):
+        return (
+            f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f} train_acc "
+            f"{row['train_acc']:.4f} valid_loss {row['valid_loss']:.4f} valid_acc "
+            f"{row['valid_acc']:.4f} ({row['seconds']:.1f} s)"
+        )
+
+    def finish(self, state, rows):
+        if self.benchmark is not None and rows and is_main_process():
+            found = {k: v for k, v in rows[-1].items() if k.startswith(PREFIX)}
+            print(f"benchmark ({self.benchmark.source}) of the derived cell: "
+                  + ", ".join(f"{k[len(PREFIX):]} {v:.2f}" for k, v in found.items()), flush=True)
+        return {"rows": rows, "state": state}
 
 
 def run_search(config: SearchConfig, *, progress: bool = True) -> list[dict]:
     """Run (or resume) a search; returns the metrics of every epoch."""
-    dataset = jdata.load_dataset(config.dataset, config.data_dir, split="train")
-    w_split, alpha_split = jdata.search_split(dataset, config.train_portion)
-    steps_per_epoch = min(
-        jdata.num_train_batches(w_split, config.batch_size),
-        jdata.num_train_batches(alpha_split, config.batch_size),
-    )
-    mesh = data_mesh(config.devices)
-    mine = local_rows(mesh, config.batch_size)  # checks that the batch divides over devices
-    main = is_main_process()
-    if main:
-        os.makedirs(config.save, exist_ok=True)
-    check_resumable(config, os.path.join(config.save, "config.json"))
-
-    search = Search(config, dataset.num_classes, steps_per_epoch, mesh)
-    key = jax.random.key(config.seed)
-    init_key, step_key = jax.random.split(key)
-    state = search.init(init_key, jdata.preprocess(dataset, dataset.x[:2]))
-
-    checkpointer = Checkpointer(os.path.join(config.save, "checkpoints"))
-    start = checkpointer.latest_epoch() or 0
-    rows = []
-    if start:
-        state = checkpointer.restore(start, like=state)
-        rows = read_metrics(os.path.join(config.save, "metrics.jsonl"), start)
-        if main:
-            print(f"resuming {config.save} after epoch {start}")
-
-    for epoch in range(start + 1, config.epochs + 1):
-        t0 = time.time()
-        step_metrics = []
-        # Independent orders for the two halves: epochs 2e and 2e+1 of the data stream. The
-        # halves may differ by a batch; the epoch ends with the shorter one.
-        batches = zip(
-            jdata.train_batches(
-                w_split, config.batch_size, seed=config.seed, epoch=2 * epoch, rows=mine
-            ),
-            jdata.train_batches(
-                alpha_split, config.batch_size, seed=config.seed, epoch=2 * epoch + 1, rows=mine
-            ),
-            strict=False,
-        )
-        bar = tqdm(
-            batches,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{config.epochs}",
-            disable=not (progress and main),
-            leave=False,
-        )
-        for i, (train_batch, val_batch) in enumerate(bar):
-            state, m = search.step(
-                state,
-                put_batch(train_batch, mesh),
-                put_batch(val_batch, mesh),
-                jax.random.fold_in(step_key, state.step),
-            )
-            step_metrics.append(m)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{float(m['train_loss']):.3f}")
-        bar.close()
-        stacked = jax.device_get(stack_metrics(step_metrics))
-        means = {k: float(np.mean(v)) for k, v in stacked.items()}
-        if not all(np.isfinite(v) for v in means.values()):
-            raise JnasError(
-                f"the loss became non-finite in epoch {epoch} ({means}). The files and the "
-                f"checkpoint of epoch {epoch - 1} in {config.save} are kept. Lower "
-                "--learning_rate or --arch_learning_rate, or check the data for NaNs."
-            )
-        valid_loss, valid_acc = evaluate(search, state, alpha_split, config.batch_size)
-        assert_traced_once(search.step, search.eval_step)
-        genotype = derive_genotype(
-            jax.device_get(state.alpha),
-            config.primitives,
-            config.nodes,
-            config.nodes,
-            fixed_reduction=config.fix_reduction,
-        )
-        rows.append(
-            {
-                "epoch": epoch,
-                "train_loss": means["train_loss"],
-                "train_acc": means["train_acc"],
-                "arch_loss": means["arch_loss"],
-                "valid_loss": valid_loss,
-                "valid_acc": valid_acc,
-                "lr": means["lr"],
-                **({"tau": means["tau"]} if "tau" in means else {}),
-                "genotype": genotype_to_dict(genotype),
-                "seconds": time.time() - t0,
-            }
-        )
-        # Files first, then the checkpoint: a crash in between resumes from the previous
-        # checkpoint and drops this epoch's metrics line. Every process joins the checkpoint
-        # (Orbax lets one replica write the replicated state).
-        if main:
-            _write_outputs(config, state, rows, genotype)
-        checkpointer.save(epoch, state)
-        if main:
-            print(
-                f"epoch {epoch}: train_loss {means['train_loss']:.4f} train_acc "
-                f"{means['train_acc']:.4f} valid_loss {valid_loss:.4f} valid_acc "
-                f"{valid_acc:.4f} ({rows[-1]['seconds']:.1f} s)",
-                flush=True,
-            )
-    return rows
-
-
-def stack_metrics(metrics: list[dict]) -> dict:
-    """Per-step metric dicts -> one dict of stacked arrays (one host transfer)."""
-    return jax.tree.map(lambda *xs: np.stack(xs), *metrics)
+    desc = f"{config.algorithm} on {config.space}, {config.dataset}"
+    return loop.run(SearchJob(config), progress=progress, desc=desc)["rows"]

@@ -1,66 +1,64 @@
-"""Search steps: explicit state plus one jit-compiled step built from the transforms.
+"""Search steps: explicit state plus one jit-compiled step assembled from pieces.
 
-Every step has the signature `(state, train_batch, val_batch, key) -> (state, metrics)` and
-takes one architecture step and one weight step (on `train_batch`). The algorithm decides the
-architecture gradient and the order, as in each published code:
+`Search(config, ...)` composes a search space (`jnas.spaces`), a relaxation (`jnas.relax`)
+and an algorithm (`jnas.algorithms`: an architecture gradient and the order of the
+architecture and weight steps) with the weight and architecture optimizers into one step
+`(state, train_batch, val_batch, key) -> (state, metrics)`. The step is jitted once with the
+batches split over a device mesh and the rest replicated (`jnas.sharding`), so the same code
+runs on one device or many with the same result. Batches are `{"x": float NHWC, "y": int}`.
 
-- `darts`: `darts_hypergrad` on `val_batch`, first or second order; architecture step first.
-- `milenas`: `milenas_hypergrad`, `grad_alpha (L_train + lam * L_val)` at the current
-  weights; architecture step first (MiLeNAS's code is DARTS's).
-- `gdas`: GDAS's first-order `grad_alpha L_val` through the straight-through Gumbel sample,
-  on the single-path network; weight step first, as in GDAS's code.
-
-The steps are jitted with the batches split over a device mesh and the rest replicated
-(`jnas.sharding`), so the same code runs on one device or many with the same result.
-
-`gumbel=True` gives MiLeNAS the GDAS relaxation (MiLeNAS+GDAS). Under the Gumbel relaxation
-each of the two steps draws its own sample (per cell type and edge, shared by the batch),
-as GDAS's code samples on every forward pass. Batches are `{"x": float NHWC, "y": int}`.
+Sampling relaxations draw per step: the architecture step and the weight step each their
+own sample (per cell type and edge, shared by the batch), as GDAS's code samples on every
+forward pass; every loss inside one architecture step sees the same sample.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
 
+from jnas.algorithms import ALGORITHMS, ArchContext, algorithm
 from jnas.errors import JnasError
-from jnas.genotype import PRIMITIVES
-from jnas.ops import check_primitives
+from jnas.relax import Relaxation, make_relaxation
 from jnas.sharding import ShardedStep, data_mesh, put_replicated
-from jnas.spaces import SearchNetwork, check_fixed_reduction
-from jnas.transforms import darts_hypergrad, milenas_hypergrad
-
-ALGORITHMS = ("darts", "milenas", "gdas")
+from jnas.spaces import SPACES, Space, space_class
+from jnas.steps import accuracy, cross_entropy, init_variables
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """One search run. Defaults are the DARTS paper's CIFAR-10 search (Liu et al., 2019).
 
-    GDAS's (Dong & Yang, 2019) differ only in `epochs` (240) and add the temperature, linear
-    from `tau_max` in the first epoch to `tau_min` in the last; MiLeNAS's (He et al., 2020)
-    add `lam`, the weight of the validation loss.
+    `SearchConfig.published(algorithm, space)` gives each algorithm's published settings
+    (GDAS: 240 epochs; SNAS: 150), on NAS-Bench-201 the benchmark's released configs.
+    `relaxation` None is the algorithm's; `primitives` None is the space's candidate ops;
+    `tau_max`/`tau_min` None are the relaxation's (GDAS 10 -> 0.1, SNAS 1 -> 0.03). `lam` is
+    MiLeNAS's weight of the validation loss; `second_order` and `hessian` are DARTS's.
+    `init_channels`, `layers`, `nodes` and `fix_reduction` shape the DARTS space,
+    `init_channels` and `cells_per_stage` the NAS-Bench-201 one.
     """
 
     algorithm: str = "darts"
+    space: str = "darts"
+    relaxation: str | None = None
     dataset: str = "cifar10"
     data_dir: str | None = None
     batch_size: int = 64
     learning_rate: float = 0.025
     learning_rate_min: float = 0.001
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 3e-4
     epochs: int = 50
     init_channels: int = 16
     layers: int = 8
     nodes: int = 4
-    primitives: tuple[str, ...] = PRIMITIVES
+    cells_per_stage: int = 5
+    primitives: tuple[str, ...] | None = None
     train_portion: float = 0.5
     arch_learning_rate: float = 3e-4
     arch_weight_decay: float = 1e-3
@@ -68,48 +66,69 @@ class SearchConfig:
     second_order: bool = False
     hessian: str = "exact"
     lam: float = 1.0
-    gumbel: bool = False
-    tau_max: float = 10.0
-    tau_min: float = 0.1
+    tau_max: float | None = None
+    tau_min: float | None = None
     fix_reduction: bool = False
+    benchmark: str | None = None  # a table to look each derived cell up in (jnas.benchmark)
     seed: int = 2
     save: str = "runs/darts"
     devices: int | None = None  # per process; None: all local devices
 
     def __post_init__(self):
-        positive = ("batch_size", "epochs", "init_channels", "layers", "nodes", "learning_rate")
-        for name in positive:
+        for name in ("batch_size", "epochs", "learning_rate"):
             if getattr(self, name) <= 0:
-                raise JnasError(f"--{name} must be positive, got {getattr(self, name)}")
+                raise JnasError(f"`{name}` must be positive, got {getattr(self, name)}")
         if not 0 <= self.learning_rate_min <= self.learning_rate:
-            raise JnasError("--learning_rate_min must lie in [0, --learning_rate]")
-        check_primitives(self.primitives)
+            raise JnasError("`learning_rate_min` must lie in [0, `learning_rate`]")
         if self.hessian not in ("exact", "finite_difference"):
-            raise JnasError(f"--hessian must be exact or finite_difference, got {self.hessian!r}")
-        if self.algorithm not in ALGORITHMS:
-            raise JnasError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.second_order and self.algorithm != "darts":
-            raise JnasError(f"--second_order is DARTS's unrolled step; {self.algorithm} has none")
-        if self.gumbel and self.algorithm != "milenas":
-            raise JnasError("gumbel is the relaxation option of milenas (gdas always samples)")
-        if not 0 < self.tau_min <= self.tau_max:
-            raise JnasError(
-                f"the temperature needs 0 < --tau_min <= --tau_max, got --tau_min "
-                f"{self.tau_min} and --tau_max {self.tau_max}"
-            )
-        if self.fix_reduction:
-            check_fixed_reduction(self.nodes, self.primitives)
-            if self.init_channels % 4:
+            raise JnasError(f"`hessian` must be exact or finite_difference, got {self.hessian!r}")
+        algo = algorithm(self.algorithm)
+        # An option of another algorithm (its default means "unused") is not ignored.
+        for name in sorted({o for a in ALGORITHMS.values() for o in a.options}):
+            if getattr(self, name) != _CONFIG_DEFAULTS[name] and name not in algo.options:
+                takers = [a.name for a in ALGORITHMS.values() if name in a.options]
                 raise JnasError(
-                    "the fixed reduction cell groups its convolutions by 8 at 2 x "
-                    f"--init_channels, so --init_channels must be a multiple of 4, got "
-                    f"{self.init_channels}"
+                    f"`{name}` is an option of {', '.join(takers)}; {self.algorithm} has none"
                 )
+        search_space(self)
+        search_relaxation(self)
+        # A setting of another space is not silently ignored.
+        reads = {f.name for f in dataclasses.fields(space_class(self.space))}
+        for cls in SPACES.values():
+            for f in dataclasses.fields(cls):
+                name = f.name
+                if name in reads or not hasattr(self, name):
+                    continue
+                if getattr(self, name) != _CONFIG_DEFAULTS[name]:
+                    raise JnasError(
+                        f"`{name}` is a setting of the {cls.name} space; the {self.space} "
+                        f"space does not read it (its settings: {', '.join(sorted(reads))})"
+                    )
 
-    @property
-    def single_path(self) -> bool:
-        """Whether the network samples one op per edge (GDAS's relaxation)."""
-        return self.algorithm == "gdas" or self.gumbel
+    @classmethod
+    def published(cls, algorithm_name: str = "darts", space: str = "darts", **overrides):
+        """The published settings of `algorithm_name` on `space`, then `overrides`."""
+        defaults = {
+            **algorithm(algorithm_name).defaults,
+            **space_class(space).search_defaults.get(algorithm_name, {}),
+        }
+        return cls(algorithm=algorithm_name, space=space, **{**defaults, **overrides})
+
+
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+
+
+def search_space(config: SearchConfig) -> Space:
+    """The config's space, built from the config fields that it has."""
+    cls = space_class(config.space)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: getattr(config, k, None) for k in fields}
+    return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def search_relaxation(config: SearchConfig) -> Relaxation:
+    name = config.relaxation or algorithm(config.algorithm).relaxation
+    return make_relaxation(name, config.epochs, tau_max=config.tau_max, tau_min=config.tau_min)
 
 
 class SearchState(NamedTuple):
@@ -132,24 +151,12 @@ def epoch_cosine_schedule(config: SearchConfig, steps_per_epoch: int) -> optax.S
     return lambda count: per_epoch(count // steps_per_epoch)
 
 
-def tau_schedule(config: SearchConfig, steps_per_epoch: int) -> optax.Schedule:
-    """GDAS's temperature: linear from tau_max (first epoch) to tau_min (last), per epoch."""
-    span = max(config.epochs - 1, 1)
-
-    def tau(count):
-        f = jnp.minimum(count // steps_per_epoch, span) / span
-        # Exact at both ends: tau_max - (tau_max - tau_min) rounds in float32.
-        return (1 - f) * config.tau_max + f * config.tau_min
-
-    return tau
-
-
 def weight_optimizer(config: SearchConfig, schedule: optax.Schedule):
     """PyTorch SGD with coupled weight decay after gradient-norm clipping."""
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(schedule, momentum=config.momentum),
+        optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
     )
 
 
@@ -161,79 +168,42 @@ def arch_optimizer(config: SearchConfig):
     )
 
 
-def search_network(config: SearchConfig, num_classes: int, *, train: bool) -> SearchNetwork:
-    return SearchNetwork(
-        num_classes=num_classes,
-        init_channels=config.init_channels,
-        layers=config.layers,
-        steps=config.nodes,
-        multiplier=config.nodes,
-        primitives=tuple(config.primitives),
-        train=train,
-        mode="gdas" if config.single_path else "darts",
-        fixed_reduction=config.fix_reduction,
-    )
-
-
-def cross_entropy(logits, labels):
-    _check_labels(logits, labels)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def accuracy(logits, labels):
-    _check_labels(logits, labels)
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
-def _check_labels(logits, labels):
-    """One integer label per row of logits: otherwise optax broadcasts or fails inside XLA."""
-    chex.assert_rank([logits, labels], [2, 1])
-    chex.assert_equal_shape_prefix([logits, labels], 1)
-    chex.assert_type(labels, int)
-
-
-def init_variables(init, *args):
-    """`jax.jit(init)(*args)` compiled at XLA's optimisation level 0.
-
-    Init runs once, and its random initialisers compile 3x slower than the forward pass at
-    the default level.
-    """
-    compiled = jax.jit(init).lower(*args).compile(
-        compiler_options={"xla_backend_optimization_level": 0}
-    )
-    return compiled(*args)
-
-
 class Search:
-    """A search algorithm (`config.algorithm`): its state, initialisation and jitted steps."""
+    """A search (`config`: space, relaxation, algorithm): its state, initialisation, steps."""
 
     def __init__(self, config: SearchConfig, num_classes: int, steps_per_epoch: int, mesh=None):
         """`mesh`: a `jnas.sharding.data_mesh`; the default is the first device alone."""
         self.config = config
         self.mesh = data_mesh(1) if mesh is None else mesh
-        self.model = search_network(config, num_classes, train=True)
+        self.space = search_space(config)
+        self.relaxation = search_relaxation(config)
+        self.algorithm = algorithm(config.algorithm)
+        self.steps_per_epoch = steps_per_epoch
+        self.model = self.space.network(num_classes, train=True)
+        self.eval_model = self.space.network(num_classes, train=False)
         # A step differentiates the network 2-4 times. As an inlined jit, Flax's Python traces
         # it once per step and each derivative re-reads that jaxpr: it took the second-order
         # step's compilation from 343 to 282 s, with bit-equal metrics (bench/README.md).
         self._forward = jax.jit(self._network, inline=True)
-        self.eval_model = search_network(config, num_classes, train=False)
         self.lr_schedule = epoch_cosine_schedule(config, steps_per_epoch)
-        self.tau_schedule = tau_schedule(config, steps_per_epoch)
         self.w_tx = weight_optimizer(config, self.lr_schedule)
         self.alpha_tx = arch_optimizer(config)
+        self._phases = {"arch": self._arch_step, "weights": self._weight_step,
+                        "joint": self._joint_step}
         # Batches split over the data axis, everything else replicated (jnas.sharding).
         self.step = ShardedStep(self._step, self.mesh, batch_argnums=(1, 2))
         self.eval_step = ShardedStep(self._eval_step, self.mesh, batch_argnums=(1,))
 
     def init(self, key, sample_x) -> SearchState:
-        """Weights from Flax's initialisers, alpha = 1e-3 * N(0, 1), replicated over the mesh.
+        """Weights from Flax's initialisers, alpha from the relaxation (DARTS's 1e-3 * N(0, 1)),
+        replicated over the mesh.
 
         Computed on one local device: every process gets the same values from the same key.
         """
         k_w, k_alpha, k_path = jax.random.split(key, 3)
-        alpha = self.model.init_alpha(k_alpha)
-        init = functools.partial(self.model.init, key=k_path, tau=self.config.tau_max)
-        variables = init_variables(init, k_w, sample_x, alpha)
+        alpha = self.relaxation.init_alpha(k_alpha, self.space.alpha_shapes())
+        weights, index = self.relaxation.train_weights(alpha, k_path, 0)
+        variables = init_variables(self.model.init, k_w, sample_x, weights, index)
         params, batch_stats = variables["params"], variables["batch_stats"]
         state = SearchState(
             step=jnp.zeros((), jnp.int32),
@@ -245,95 +215,95 @@ class Search:
         )
         return put_replicated(state, self.mesh)
 
-    def _network(self, params, batch_stats, alpha, x, key, tau):
+    def derive(self, alpha):
+        """The discrete architecture of `alpha` by the relaxation's (or the space's) rule."""
+        return self.space.derive(self.relaxation.op_weights(alpha), self.relaxation.derivation)
+
+    def _network(self, params, batch_stats, weights, index, x):
         logits, updates = self.model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            x,
-            alpha,
-            key=key,
-            tau=tau,
+            {"params": params, "batch_stats": batch_stats}, x, weights, index,
             mutable=["batch_stats"],
         )
         return logits, updates["batch_stats"]
 
+    def _loss(self, params, batch_stats, alpha, batch, key, epoch):
+        """The train-mode loss under the relaxation's sample from `key`."""
+        weights, index = self.relaxation.train_weights(alpha, key, epoch)
+        logits, batch_stats = self._forward(params, batch_stats, weights, index, batch["x"])
+        return cross_entropy(logits, batch["y"]), (logits, batch_stats)
+
     def _step(self, state: SearchState, train_batch, val_batch, key):
-        k_arch, k_w = jax.random.split(key)
-        lr, tau = self.lr_schedule(state.step), self.tau_schedule(state.step)
-        if self.config.algorithm == "gdas":
-            state, train_loss, logits = self._weight_step(state, train_batch, k_w, tau)
-            state, arch_loss = self._arch_step(state, train_batch, val_batch, k_arch, lr, tau)
-        else:
-            state, arch_loss = self._arch_step(state, train_batch, val_batch, k_arch, lr, tau)
-            state, train_loss, logits = self._weight_step(state, train_batch, k_w, tau)
+        keys = dict(zip(("arch", "weights"), jax.random.split(key), strict=True))
+        epoch = state.step // self.steps_per_epoch
+        lr = self.lr_schedule(state.step)
+        metrics = {}
+        for phase in self.algorithm.order:
+            state, m = self._phases[phase](state, train_batch, val_batch, keys, lr, epoch)
+            metrics.update(m)
         metrics = {
-            "train_loss": train_loss,
-            "train_acc": accuracy(logits, train_batch["y"]),
-            "arch_loss": arch_loss,
+            "train_loss": metrics["train_loss"],
+            "train_acc": metrics["train_acc"],
+            "arch_loss": metrics["arch_loss"],
             "lr": lr,
+            **self.relaxation.metrics(epoch),
         }
-        if self.config.single_path:
-            metrics["tau"] = tau
         return state._replace(step=state.step + 1), metrics
 
-    def _arch_step(self, state: SearchState, train_batch, val_batch, key, lr, tau):
-        cfg = self.config
-
-        # Batch statistics, not running averages, normalise in training; the running averages
-        # are updated by the weight step only. Under the Gumbel relaxation every loss of this
-        # step sees the same sampled paths.
-        def loss_fn(params, alpha, batch):
-            logits, _ = self._forward(params, state.batch_stats, alpha, batch["x"], key, tau)
-            return cross_entropy(logits, batch["y"])
-
-        if cfg.algorithm == "milenas":
-            arch_loss, dalpha = milenas_hypergrad(
-                loss_fn, state.params, state.alpha, train_batch, val_batch, lam=cfg.lam
-            )
-        elif cfg.second_order:
-            # xi = the current weight lr, with the weight optimizer's momentum buffer and
-            # weight decay in the virtual step.
-            arch_loss, dalpha = darts_hypergrad(
-                loss_fn,
-                state.params,
-                state.alpha,
-                train_batch,
-                val_batch,
-                lr=lr,
-                momentum=cfg.momentum,
-                momentum_buf=optax.tree_utils.tree_get(state.w_opt_state, "trace"),
-                weight_decay=cfg.weight_decay,
-                hessian=cfg.hessian,
-            )
-        else:  # DARTS first order and GDAS: grad_alpha L_val at the current weights
-            arch_loss, dalpha = darts_hypergrad(
-                loss_fn, state.params, state.alpha, train_batch, val_batch, lr=0.0
-            )
+    def _update_alpha(self, state: SearchState, dalpha):
         updates, alpha_opt_state = self.alpha_tx.update(dalpha, state.alpha_opt_state, state.alpha)
         alpha = optax.apply_updates(state.alpha, updates)
-        return state._replace(alpha=alpha, alpha_opt_state=alpha_opt_state), arch_loss
+        return state._replace(alpha=alpha, alpha_opt_state=alpha_opt_state)
 
-    def _weight_step(self, state: SearchState, train_batch, key, tau):
-        def weight_loss(params):
-            logits, batch_stats = self._forward(
-                params, state.batch_stats, state.alpha, train_batch["x"], key, tau
-            )
-            return cross_entropy(logits, train_batch["y"]), (logits, batch_stats)
-
-        (train_loss, (logits, batch_stats)), grads = jax.value_and_grad(weight_loss, has_aux=True)(
-            state.params
-        )
+    def _update_weights(self, state: SearchState, grads, batch_stats):
         updates, w_opt_state = self.w_tx.update(grads, state.w_opt_state, state.params)
-        new_state = state._replace(
+        return state._replace(
             params=optax.apply_updates(state.params, updates),
             batch_stats=batch_stats,
             w_opt_state=w_opt_state,
         )
-        return new_state, train_loss, logits
+
+    def _arch_step(self, state: SearchState, train_batch, val_batch, keys, lr, epoch):
+        # Batch statistics, not running averages, normalise in training; the running averages
+        # are updated by weight steps only.
+        def loss_fn(params, alpha, batch):
+            return self._loss(params, state.batch_stats, alpha, batch, keys["arch"], epoch)[0]
+
+        ctx = ArchContext(state, train_batch, val_batch, lr, self.config)
+        arch_loss, dalpha = self.algorithm.arch_gradient(loss_fn, ctx)
+        extra, dextra = jax.value_and_grad(self.relaxation.loss)(state.alpha)
+        dalpha = jax.tree.map(jnp.add, dalpha, dextra)
+        return self._update_alpha(state, dalpha), {"arch_loss": arch_loss + extra}
+
+    def _weight_step(self, state: SearchState, train_batch, val_batch, keys, lr, epoch):
+        (train_loss, (logits, batch_stats)), grads = jax.value_and_grad(
+            self._loss, has_aux=True
+        )(state.params, state.batch_stats, state.alpha, train_batch, keys["weights"], epoch)
+        state = self._update_weights(state, grads, batch_stats)
+        return state, {"train_loss": train_loss, "train_acc": accuracy(logits, train_batch["y"])}
+
+    def _joint_step(self, state: SearchState, train_batch, val_batch, keys, lr, epoch):
+        """One loss on the train batch, its gradients update the weights and alpha."""
+
+        def loss_fn(params, alpha):
+            loss, aux = self._loss(params, state.batch_stats, alpha, train_batch,
+                                   keys["weights"], epoch)
+            return loss + self.relaxation.loss(alpha), (loss, aux)
+
+        (total, (train_loss, (logits, batch_stats))), (grads, dalpha) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True
+        )(state.params, state.alpha)
+        state = self._update_alpha(self._update_weights(state, grads, batch_stats), dalpha)
+        return state, {
+            "train_loss": train_loss,
+            "train_acc": accuracy(logits, train_batch["y"]),
+            "arch_loss": total,
+        }
 
     def _eval_step(self, state: SearchState, batch):
         """Sums over the real rows of a padded batch: (loss_sum, correct_sum, count)."""
+        weights, index = self.relaxation.eval_weights(state.alpha)
         logits = self.eval_model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats}, batch["x"], state.alpha
+            {"params": state.params, "batch_stats": state.batch_stats}, batch["x"], weights, index
         )
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
         correct = jnp.argmax(logits, -1) == batch["y"]

@@ -37,7 +37,7 @@ def data_mesh(devices_per_process: int | None = None) -> Mesh:
     n = local if devices_per_process is None else devices_per_process
     if not 1 <= n <= local:
         raise JnasError(
-            f"--devices must lie in 1..{local} (the {jax.devices()[0].platform} devices this "
+            f"`devices` must lie in 1..{local} (the {jax.devices()[0].platform} devices this "
             f"process sees), got {n}"
         )
     by_process: dict[int, list] = {}
@@ -97,17 +97,18 @@ def assert_traced_once(*steps: ShardedStep) -> None:
             )
 
 
-def check_batch_size(mesh: Mesh, batch_size: int, flag: str = "--batch_size") -> None:
+def check_batch_size(mesh: Mesh, batch_size: int, name: str = "batch_size") -> None:
+    """`batch_size` must divide over the mesh's devices; `name` is the setting it came from."""
     if batch_size % mesh.size:
         raise JnasError(
-            f"{flag} {batch_size} (the global batch) must divide by the {mesh.size} "
-            f"devices it is split over; pass a multiple of {mesh.size} or set --devices"
+            f"`{name}` {batch_size} (the global batch) must divide by the {mesh.size} "
+            f"devices it is split over; pass a multiple of {mesh.size} or set `devices`"
         )
 
 
-def local_rows(mesh: Mesh, batch_size: int, flag: str = "--batch_size") -> slice:
+def local_rows(mesh: Mesh, batch_size: int, name: str = "batch_size") -> slice:
     """The rows of a global batch that this process's devices hold (and so must load)."""
-    check_batch_size(mesh, batch_size, flag)
+    check_batch_size(mesh, batch_size, name)
     per_device = batch_size // mesh.size
     mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
     return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)

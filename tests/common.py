@@ -61,12 +61,15 @@ def assert_alpha_moved(save, atol=1e-4):
     seed -> init key -> alpha key), in every searched cell type."""
     import jax
 
-    from jnas.search import SearchConfig, search_network
+    from jnas.search import SearchConfig, search_relaxation, search_space
 
     fields = json.loads((Path(save) / "config.json").read_text())
-    config = SearchConfig(**{**fields, "primitives": tuple(fields["primitives"])})
+    primitives = fields["primitives"] and tuple(fields["primitives"])
+    config = SearchConfig(**{**fields, "primitives": primitives})
     init_key = jax.random.split(jax.random.key(config.seed))[0]
-    start = search_network(config, 10, train=True).init_alpha(jax.random.split(init_key, 3)[1])
+    start = search_relaxation(config).init_alpha(
+        jax.random.split(init_key, 3)[1], search_space(config).alpha_shapes()
+    )
     final = np.load(Path(save) / "alphas.npz")
     assert set(final.files) == set(start)
     for cell in start:

@@ -17,11 +17,14 @@ def test_gpu_benchmark_smoke_run_prints_every_item():
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert records[0]["backend"] == "cpu" and records[0]["smoke"] is True
     items = {r["item"]: r for r in records if "item" in r}
-    for name in ("darts_2nd", "gdas", "darts_1st", "milenas", "tnas_mini"):
+    for name in ("darts_2nd", "gdas", "nb201_darts_1st", "nb201_gdas", "darts_1st", "milenas",
+                 "tnas_mini"):
         assert "error" not in items[name], items[name]
         assert items[name]["compile_s"] > 0 and items[name]["step_s_median"] > 0
-    assert all("skipped" in items[name] for name in ("nb201_search", "train_darts_f32"))
+    assert items["nb201_gdas"]["space"] == "nas-bench-201"
+    assert all("skipped" in items[name] for name in ("train_darts_f32", "train_darts_bf16"))
     projections = {r["projection"]: r for r in records if "projection" in r}
     darts = projections["darts_2nd_search_50_epochs"]
     assert darts["hours"] == round(items["darts_2nd"]["step_s_median"] * 50 * 390 / 3600, 2)
     assert "hours" in projections["gdas_search_240_epochs"]
+    assert "hours" in projections["nb201_gdas_search_250_epochs"]

@@ -141,7 +141,7 @@ def test_train_batches_each_example_at_most_once_and_matches_its_row():
 
 def test_train_batches_rejects_bad_batch_size():
     ds = synthetic(n=10)
-    with pytest.raises(JnasError, match=r"10 examples.*lower --batch_size"):
+    with pytest.raises(JnasError, match=r"10 examples.*lower `batch_size`"):
         next(train_batches(ds, 11, seed=0, epoch=0))
     with pytest.raises(JnasError, match="at least 1"):
         num_train_batches(ds, 0)
@@ -298,7 +298,7 @@ def test_tfds_mock_load(tmp_path):
 
 def test_tfds_not_prepared_names_data_dir(tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(JnasError, match=r"--data_dir.*download_and_prepare") as info:
+    with pytest.raises(JnasError, match=r"`data_dir`.*download_and_prepare") as info:
         load_dataset("cifar10", data_dir=str(tmp_path))
     assert str(tmp_path) in str(info.value) and "cifar10_train_jpeg.npz" in str(info.value)
 
@@ -308,5 +308,5 @@ def test_tfds_not_installed(tmp_path, monkeypatch):
 
     # A None entry in sys.modules makes the import fail as if the package were absent.
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
-    with pytest.raises(JnasError, match=r'pip install "jnas\[tfds\]".*--data_dir'):
+    with pytest.raises(JnasError, match=r'pip install "jnas\[tfds\]".*`data_dir`'):
         load_dataset("cifar100", data_dir=str(tmp_path))

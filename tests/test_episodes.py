@@ -191,11 +191,11 @@ def test_fixed_exact_multiple_has_no_padding():
 @pytest.mark.parametrize(
     ("way", "shot", "query", "message"),
     [
-        (13, 1, 1, r"--way 13 is more than the 12 classes.*at most 12"),
-        (5, 6, 5, r"--shot 6 \+ --query 5 = 11 .*only 10 per class.*--shot or --query"),
-        (0, 1, 1, "--way must be at least 1, got 0"),
-        (5, 0, 1, "--shot must be at least 1, got 0"),
-        (5, 1, 0, "--query must be at least 1, got 0"),
+        (13, 1, 1, r"`way` 13 is more than the 12 classes.*at most 12"),
+        (5, 6, 5, r"`shot` 6 \+ `query` 5 = 11 .*only 10 per class.*`shot` or `query`"),
+        (0, 1, 1, "`way` must be at least 1, got 0"),
+        (5, 0, 1, "`shot` must be at least 1, got 0"),
+        (5, 1, 0, "`query` must be at least 1, got 0"),
     ],
 )
 def test_sampler_rejects_impossible_episodes(way, shot, query, message):
@@ -207,11 +207,11 @@ def test_sampler_limits_are_inclusive_and_counts_checked():
     sampler = EpisodeSampler(coded_split(), way=12, shot=4, query=6)  # all classes, all images
     sc, si, qc, qi = episodes(sampler.batch(1, seed=0, index=0))[0]
     assert len(set(zip(sc, si, strict=True)) | set(zip(qc, qi, strict=True))) == 120
-    with pytest.raises(JnasError, match="tasks must be at least 1"):
+    with pytest.raises(JnasError, match="`tasks` must be at least 1"):
         sampler.batch(0, seed=0, index=0)
-    with pytest.raises(JnasError, match="count must be at least 1"):
+    with pytest.raises(JnasError, match="`count` must be at least 1"):
         sampler.fixed(0, 4, seed=0)
-    with pytest.raises(JnasError, match="seed and index must be >= 0"):
+    with pytest.raises(JnasError, match="`seed` and `index` must be >= 0"):
         sampler.batch(1, seed=0, index=-1)
 
 
@@ -403,14 +403,14 @@ def test_mini_imagenet_missing_names_both_layouts(tmp_path):
         load_fewshot("mini_imagenet", str(tmp_path), "train")
     message = str(info.value)
     for part in (
-        f"--data_dir {tmp_path}",
+        f"`data_dir` {tmp_path}",
         str(tmp_path / "mini_imagenet"),
         "images/*.jpg",
         "train.csv",
         "mini_imagenet_100_per_class_jpeg.npz",
     ):
         assert part in message
-    with pytest.raises(JnasError, match="no --data_dir was given"):
+    with pytest.raises(JnasError, match="no `data_dir` was given"):
         load_fewshot("mini_imagenet", None, "test")
 
 
@@ -478,7 +478,7 @@ def test_omniglot_missing_names_both_layouts(tmp_path):
     message = str(info.value)
     for part in (
         "omniglot_background.npz and omniglot_evaluation.npz",
-        f"--data_dir {tmp_path}",
+        f"`data_dir` {tmp_path}",
         str(tmp_path / "omniglot"),
         "TFDS has no prepared 'omniglot'",
         "download_and_prepare",

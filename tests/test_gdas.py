@@ -10,7 +10,8 @@ import pytest
 
 import jnas
 from jnas.ops import MixedOp
-from jnas.search import SearchConfig, tau_schedule
+from jnas.relax import make_relaxation
+from jnas.search import SearchConfig
 from jnas.spaces import SearchNetwork
 from tests.common import OPS, random_batch
 
@@ -48,35 +49,38 @@ def test_sampled_edge_has_gdas_straight_through_weights(key):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_gdas_network_equals_the_network_with_the_sampled_op_alone_per_edge(key, train):
-    gdas, darts = tiny(mode="gdas", train=train), tiny(mode="darts", train=train)
+    net = tiny(train=train)
+    gdas = make_relaxation("gdas", 1, tau_max=0.5, tau_min=0.5)
     alpha = {t: jax.random.normal(k, (5, len(SMALL_OPS)))
              for t, k in zip(("normal", "reduce"), jax.random.split(key), strict=True)}
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
-    path_key, tau = jax.random.key(3), 0.5
-    variables = jax.jit(lambda k: gdas.init(k, x, alpha, key=path_key, tau=tau))(
-        jax.random.key(4))
-    # Both modes share one parameter layout, so the same weights serve both.
-    assert jax.tree.structure(variables) == jax.tree.structure(
-        jax.eval_shape(lambda: darts.init(jax.random.key(4), x, alpha)))
+    path_key = jax.random.key(3)
 
-    paths = gdas.path_weights(alpha, path_key, tau)
+    def paths(a):
+        return gdas.train_weights(a, path_key, 0) if train else gdas.eval_weights(a)
+
+    weights, index = paths(alpha)
+    variables = jax.jit(lambda k: net.init(k, x, weights, index))(jax.random.key(4))
+    # Both forms share one parameter layout, so the same weights serve both.
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        jax.eval_shape(lambda: net.init(jax.random.key(4), x, weights)))
+
     if train:  # a fresh sample is not the argmax of alpha everywhere
-        assert any(np.any(np.asarray(paths[t][1]) != np.argmax(alpha[t], -1)) for t in paths)
+        assert any(np.any(np.asarray(index[t]) != np.argmax(alpha[t], -1)) for t in index)
     else:
-        for t in paths:
-            np.testing.assert_array_equal(paths[t][1], np.argmax(alpha[t], -1))
-    # softmax of log(one-hot) is exactly the one-hot: DARTS's mixture with one op per edge.
-    single = {t: jnp.where(jax.nn.one_hot(i, len(SMALL_OPS)) > 0, 0.0, -jnp.inf)
-              for t, (_, i) in paths.items()}
+        for t in index:
+            np.testing.assert_array_equal(index[t], np.argmax(alpha[t], -1))
+    # DARTS's mixture with one-hot weights: every op computed, one weighted.
+    single = {t: jax.nn.one_hot(i, len(SMALL_OPS)) for t, i in index.items()}
 
     # Jitted: eager op-by-op dispatch of the whole network is slower than compiling it.
     @jax.jit
     def gdas_logits(a):
-        return gdas.apply(variables, x, a, key=path_key, tau=tau, mutable=["batch_stats"])[0]
+        return net.apply(variables, x, *paths(a), mutable=["batch_stats"])[0]
 
     @jax.jit
-    def darts_logits(a):
-        return darts.apply(variables, x, a, mutable=["batch_stats"])[0]
+    def darts_logits(w):
+        return net.apply(variables, x, w, mutable=["batch_stats"])[0]
 
     # Train-mode BN on 4 images amplifies float32 rounding; a wrong op would differ by O(1).
     np.testing.assert_allclose(gdas_logits(alpha), darts_logits(single), rtol=1e-4, atol=1e-4)
@@ -88,10 +92,11 @@ def test_gdas_network_equals_the_network_with_the_sampled_op_alone_per_edge(key,
 
 
 def test_one_sample_per_cell_type_shared_by_the_batch(key):
-    net = tiny(mode="gdas")
-    alpha = net.init_alpha(key)
-    hard, index = net.path_weights(alpha, jax.random.key(5), 1.0)["normal"]
-    assert hard.shape == (5, len(SMALL_OPS)) and index.shape == (5,)
+    gdas = make_relaxation("gdas", 1)
+    alpha = gdas.init_alpha(key, {"normal": (5, len(SMALL_OPS)), "reduce": (5, 3)})
+    weights, index = gdas.train_weights(alpha, jax.random.key(5), 0)
+    assert weights["normal"].shape == (5, len(SMALL_OPS)) and index["normal"].shape == (5,)
+    assert weights["reduce"].shape == (5, 3) and index["reduce"].shape == (5,)
 
 
 def compiled_step_text(search, state):
@@ -113,20 +118,19 @@ def test_compiled_gdas_step_runs_one_op_per_edge_through_conditionals(tiny_searc
 
 
 def test_tau_falls_linearly_from_tau_max_to_tau_min_per_epoch():
-    config = SearchConfig(algorithm="gdas", epochs=5, tau_max=10.0, tau_min=0.1)
-    tau = tau_schedule(config, steps_per_epoch=3)
-    got = [float(tau(s)) for s in range(15)]
-    want = np.repeat(np.linspace(10.0, 0.1, 5), 3)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    gdas = make_relaxation("gdas", 5)
+    got = [float(gdas.tau(epoch)) for epoch in range(5)]
+    np.testing.assert_allclose(got, np.linspace(10.0, 0.1, 5), rtol=1e-6)
+    assert got[0] == 10.0 and got[-1] == np.float32(0.1)  # exact at both ends
 
 
 @pytest.mark.parametrize(
     "kw, message",
     [
-        ({"tau_min": 0.0}, "0 < --tau_min <= --tau_max"),
-        ({"tau_max": 0.05}, "0 < --tau_min <= --tau_max"),
-        ({"fix_reduction": True, "nodes": 2}, "--nodes 4 and the 8 DARTS ops"),
-        ({"fix_reduction": True, "primitives": SMALL_OPS}, "--nodes 4 and the 8 DARTS ops"),
+        ({"tau_min": 0.0}, "0 < `tau_min` <= `tau_max`"),
+        ({"tau_max": 0.05}, "0 < `tau_min` <= `tau_max`"),
+        ({"fix_reduction": True, "nodes": 2}, "`nodes` 4 and the 8 DARTS ops"),
+        ({"fix_reduction": True, "primitives": SMALL_OPS}, "`nodes` 4 and the 8 DARTS ops"),
         ({"fix_reduction": True, "init_channels": 6}, "multiple of 4"),
         ({"second_order": True}, "second_order"),
     ],

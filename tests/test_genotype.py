@@ -23,7 +23,7 @@ from jnas.genotype import (
     save_genotype,
     validate_genotype,
 )
-from jnas.plotting import plot_alpha, plot_genotype
+from jnas.plotting import darts_edge_labels, plot_alpha, plot_genotype
 
 OP = {name: k for k, name in enumerate(PRIMITIVES)}
 TIED_CELL = (("max_pool_3x3", 0), ("max_pool_3x3", 1)) * 4
@@ -376,16 +376,16 @@ def test_plot_genotype_rejects_invalid(tmp_path):
 
 def test_plot_alpha_writes_png(tmp_path):
     rng = np.random.default_rng(0)
-    alpha = {c: jnp.asarray(rng.normal(size=(14, 8))) for c in ("normal", "reduce")}
+    weights = alpha_weights({c: rng.normal(size=(14, 8)) for c in ("normal", "reduce")})
     path = tmp_path / "a" / "alpha.png"
-    assert plot_alpha(alpha, path, title="epoch 3") == path
+    assert plot_alpha(weights, path, PRIMITIVES, darts_edge_labels(4), title="epoch 3") == path
     assert_png(path, 800, 300)
 
 
 def test_plot_alpha_rejects_wrong_shape(tmp_path):
-    alpha = {"normal": np.zeros((14, 8)), "reduce": np.zeros((14, 8))}
+    weights = {"normal": np.zeros((14, 8)), "reduce": np.zeros((14, 8))}
     with pytest.raises(JnasError, match=r"expected \(14, 3\)"):
-        plot_alpha(alpha, tmp_path / "a.png", primitives=("none", "conv", "pool"))
+        plot_alpha(weights, tmp_path / "a.png", ("none", "conv", "pool"), darts_edge_labels(4))
 
 
 def test_fixed_reduction_genotype_has_an_empty_reduce_cell_and_round_trips(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from jnas.genotype import derive_genotype, genotype_from_dict, load_genotype
 from jnas.meta import MetaConfig, MetaLearner
 from jnas.sharding import data_mesh, put_batch
-from jnas.spaces import derived_edge_weights
+from jnas.spaces import DartsSpace
 from jnas.transforms import maml_adapt, maml_meta_grad
 from tests.common import OPS, load_script
 
@@ -38,14 +38,17 @@ def fake_tasks(n, way=3, shot=1, query=2, size=28, channels=1, seed=0):
 
 
 @pytest.mark.parametrize("steps,seed", [(2, 0), (4, 1), (4, 2)])
-def test_derived_edge_weights_follow_derive_genotype(steps, seed):
+def test_traced_derivation_follows_derive_genotype(steps, seed):
+    """The derived cells as 0/1 weights inside jit (T-NAS's test-time network) are those of
+    the genotype files."""
     rng = np.random.default_rng(seed)
-    edges = steps * (steps + 3) // 2
-    derive = jax.jit(derived_edge_weights, static_argnums=(1, 2))
+    space = DartsSpace(OPS, nodes=steps)
+    edges = space.num_edges()
+    derive = jax.jit(lambda w: space.derived_weights({"normal": w})["normal"])
     for _ in range(5):
         alpha = rng.normal(size=(edges, len(OPS)))
         alpha[rng.integers(edges), 0] = 5.0  # a dominant 'none' must not decide the edge
-        weights = np.asarray(derive(jnp.asarray(alpha), OPS, steps))
+        weights = np.asarray(derive(jax.nn.softmax(jnp.asarray(alpha), -1)))
         genotype = derive_genotype({"normal": alpha, "reduce": alpha}, OPS, steps, steps)
         chosen = sorted(
             (OPS.index(op), node * (node + 3) // 2 + src)

@@ -8,9 +8,11 @@ import optax
 import pytest
 
 import jnas
-from jnas.spaces import SearchNetwork
+from jnas.relax import make_relaxation
+from jnas.spaces import DartsSpace, SearchNetwork
 
 SMALL_OPS = ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3")
+SOFTMAX = make_relaxation("darts", 1)
 
 
 def tiny(**kw):
@@ -18,17 +20,23 @@ def tiny(**kw):
                             "multiplier": 2, "primitives": SMALL_OPS, **kw})
 
 
+def init_alpha(key, layers=2, primitives=SMALL_OPS):
+    space = DartsSpace(primitives, 4, layers, 2)
+    return SOFTMAX.init_alpha(key, space.alpha_shapes())
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 8, 1), (2, 12, 10, 3)])
 def test_network_logits_and_alpha_shapes(shape):
     net = tiny(layers=3)
-    alpha = net.init_alpha(jax.random.key(0))
+    alpha = init_alpha(jax.random.key(0), layers=3)
     assert {k: v.shape for k, v in alpha.items()} == {"normal": (5, 4), "reduce": (5, 4)}
     assert float(jnp.std(alpha["normal"])) < 1e-2  # 1e-3 * N(0, 1)
+    weights = SOFTMAX.op_weights(alpha)
     x = jnp.ones(shape)
     # Shapes only: tracing checks them without compiling the network.
-    variables = jax.eval_shape(net.init, jax.random.key(1), x, alpha)
+    variables = jax.eval_shape(net.init, jax.random.key(1), x, weights)
     logits, _ = jax.eval_shape(
-        lambda v: net.apply(v, x, alpha, mutable=["batch_stats"]), variables
+        lambda v: net.apply(v, x, weights, mutable=["batch_stats"]), variables
     )
     assert logits.shape == (2, 3)
     assert net.reduction_layers() == (1, 2)
@@ -40,17 +48,19 @@ def test_default_network_is_the_darts_search_network():
     assert (net.init_channels, net.layers, net.steps, net.primitives) == (
         16, 8, 4, jnas.PRIMITIVES)
     assert net.reduction_layers() == (2, 5)
-    assert net.alpha_shape() == (14, 8)
+    assert DartsSpace().alpha_shapes() == {"normal": (14, 8), "reduce": (14, 8)}
 
 
 def test_bad_alpha_and_inputs_are_clear_errors():
     net = tiny()
     x = jnp.ones((2, 8, 8, 1))
     bad = {"normal": jnp.zeros((14, 8)), "reduce": jnp.zeros((5, 4))}
-    with pytest.raises(jnas.JnasError, match=r"alpha\['normal'\] has shape \(14, 8\).*\(5, 4\)"):
+    with pytest.raises(jnas.JnasError,
+                       match=r"`weights\['normal'\]` has shape \(14, 8\).*\(5, 4\)"):
         net.init(jax.random.key(0), x, bad)
     with pytest.raises(jnas.JnasError, match="at least 8x8"):
-        net.init(jax.random.key(0), jnp.ones((2, 4, 4, 1)), net.init_alpha(jax.random.key(0)))
+        net.init(jax.random.key(0), jnp.ones((2, 4, 4, 1)),
+                 SOFTMAX.op_weights(init_alpha(jax.random.key(0))))
     with pytest.raises(jnas.JnasError, match="unknown op"):
         tiny(primitives=("none", "conv_7x7")).init(jax.random.key(0), x, bad)
 
@@ -61,15 +71,16 @@ def test_exact_hypergradient_through_the_network_matches_finite_differences():
         k = jax.random.split(jax.random.key(0), 6)
         x_t, x_v = (jax.random.normal(kk, (4, 8, 8, 1), jnp.float64) for kk in k[:2])
         y_t, y_v = (jax.random.randint(kk, (4,), 0, 3) for kk in k[2:4])
-        alpha = jax.tree.map(lambda a: 0.5 * a / 1e-3, net.init_alpha(k[4]))
+        alpha = jax.tree.map(lambda a: 0.5 * a / 1e-3, init_alpha(k[4], layers=3))
         alpha = jax.tree.map(lambda a: a.astype(jnp.float64), alpha)
-        variables = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(k[5], x_t, alpha))
+        variables = jax.tree.map(lambda a: a.astype(jnp.float64),
+                                 net.init(k[5], x_t, SOFTMAX.op_weights(alpha)))
         params, stats = variables["params"], variables["batch_stats"]
         buf = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
 
         def loss_fn(w, a, batch):
-            logits, _ = net.apply({"params": w, "batch_stats": stats}, batch[0], a,
-                                  mutable=["batch_stats"])
+            logits, _ = net.apply({"params": w, "batch_stats": stats}, batch[0],
+                                  SOFTMAX.op_weights(a), mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
         kw = dict(lr=0.5, momentum=0.9, momentum_buf=buf, weight_decay=3e-4)

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 import jnas
+from jnas.genotype import edge_index
 from jnas.ops import OPS, MixedOp, ReLUConvBN, make_op
-from jnas.spaces import SearchCell, edge_groups, edge_index
+from jnas.spaces import SearchCell
+from jnas.spaces.dag import edge_groups as dag_edge_groups
+
+
+def edge_groups(steps):
+    return dag_edge_groups(steps, 2)
 
 SMALL_OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 
@@ -37,11 +43,24 @@ def test_none_is_zero_and_skip_is_identity():
 
 
 def test_avg_pool_excludes_padding():
-    # Inference-mode BN with fresh statistics divides by sqrt(1 + eps) only.
+    # Every window of ones averages to one, at the borders too (the registry's pool has no
+    # BatchNorm: DARTS's mixed op adds one).
     op = make_op("avg_pool_3x3", 1, 1, False, train=False)
     x = jnp.ones((1, 8, 8, 1))
     out = op.apply(op.init(jax.random.key(0), x), x)
-    np.testing.assert_allclose(out, np.full(out.shape, 1 / np.sqrt(1 + 1e-5)), rtol=1e-6)
+    np.testing.assert_allclose(out, np.ones(out.shape), rtol=1e-6)
+
+
+@pytest.mark.parametrize("pool_bn", [True, False])
+def test_darts_mixed_op_follows_pooling_with_batchnorm(pool_bn):
+    # DARTS's search MixedOp: pool then affine-free BN (inference mode, fresh statistics:
+    # a division by sqrt(1 + eps)); NAS-Bench-201's: the pool alone.
+    op = MixedOp(1, 1, ("none", "avg_pool_3x3"), train=False, pool_bn=pool_bn)
+    x = jnp.ones((1, 8, 8, 1))
+    w = jnp.array([0.0, 1.0])
+    out = op.apply(op.init(jax.random.key(0), x, w), x, w)
+    want = 1 / np.sqrt(1 + 1e-5) if pool_bn else 1.0
+    np.testing.assert_allclose(out, np.full(out.shape, want), rtol=1e-6)
 
 
 def test_sep_conv_is_two_depthwise_pointwise_blocks_with_the_stride_first():
