@@ -22,7 +22,7 @@ from jnas.genotype import Genotype, is_fixed_reduction, validate_genotype
 from jnas.io import atomic_write
 
 _INPUT_LABELS = ("$c_{k-2}$", "$c_{k-1}$")
-_CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
+_CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell", "cell": "cell"}
 _COLORS = {"input": "darkseagreen", "node": "lightblue", "output": "palegoldenrod"}
 
 
@@ -215,6 +215,8 @@ def plot_alpha(
     vmin = min(float(w.min()) for w in weights.values())
     vmax = max(float(w.max()) for w in weights.values())
     num_ops = len(primitives)
+    # Near-uniform weights (early in a search) need a third decimal to differ.
+    digits = 3 if vmax - vmin < 0.05 else 2
     # Constrained layout keeps the right map's row labels clear of the left map at any size.
     fig = Figure(
         figsize=(len(weights) * (0.75 * num_ops + 1.8) + 1.2, 0.38 * rows + 2.2), dpi=110,
@@ -232,7 +234,7 @@ def plot_alpha(
             for c in range(num_ops):
                 dark = w[r, c] < vmin + 0.6 * (vmax - vmin)
                 ax.text(
-                    c, r, f"{w[r, c]:.2f}", ha="center", va="center", fontsize=7,
+                    c, r, f"{w[r, c]:.{digits}f}", ha="center", va="center", fontsize=7,
                     color="white" if dark else "black",
                 )
     fig.colorbar(image, ax=list(axes), fraction=0.03, label="op weight")
