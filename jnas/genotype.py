@@ -22,6 +22,7 @@ import numpy as np
 from jnas import derive
 from jnas.errors import JnasError
 from jnas.io import write_json
+from jnas.relax.base import softmax
 
 PRIMITIVES = (
     "none",
@@ -120,8 +121,7 @@ def alpha_weights(
                 f"alpha[{cell!r}] contains NaN or inf; the search diverged (lower the "
                 "architecture learning rate or check the loss)"
             )
-        e = np.exp(a - a.max(axis=1, keepdims=True))
-        weights[cell] = e / e.sum(axis=1, keepdims=True)
+        weights[cell] = softmax(a)
     steps_by_cell = {cell: _steps_for_edges(w.shape[0]) for cell, w in weights.items()}
     if len(set(steps_by_cell.values())) > 1:
         raise JnasError(
