@@ -1,4 +1,4 @@
-"""DARTS architecture search (Liu, Simonyan, Yang, ICLR 2019), first or second order.
+r"""DARTS architecture search (Liu, Simonyan, Yang, ICLR 2019), first or second order.
 
     # the paper's CIFAR-10 search, second order (exact Hessian-vector product)
     python experiments/darts.py --second_order --data_dir ~/tensorflow_datasets

@@ -1,4 +1,4 @@
-"""GDAS architecture search (Dong & Yang, CVPR 2019): one sampled op per edge per step.
+r"""GDAS architecture search (Dong & Yang, CVPR 2019): one sampled op per edge per step.
 
     # the paper's CIFAR-10 search (240 epochs), with the fixed reduction cell
     python experiments/gdas.py --fix_reduction --data_dir ~/tensorflow_datasets

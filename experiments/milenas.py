@@ -1,4 +1,4 @@
-"""MiLeNAS architecture search (He et al., CVPR 2020): mixed-level optimisation.
+r"""MiLeNAS architecture search (He et al., CVPR 2020): mixed-level optimisation.
 
     # the paper's CIFAR-10 search
     python experiments/milenas.py --data_dir ~/tensorflow_datasets

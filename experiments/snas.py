@@ -1,4 +1,4 @@
-"""SNAS architecture search (Xie, Zheng, Liu & Lin, ICLR 2019): stochastic NAS.
+r"""SNAS architecture search (Xie, Zheng, Liu & Lin, ICLR 2019): stochastic NAS.
 
     # the paper's CIFAR-10 search (150 epochs, temperature 1 -> 0.03)
     python experiments/snas.py --data_dir ~/tensorflow_datasets

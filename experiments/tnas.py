@@ -1,4 +1,4 @@
-"""Few-shot meta-learning: MAML, Auto-MAML and T-NAS (Finn et al. 2017; Lian et al. 2020).
+r"""Few-shot meta-learning: MAML, Auto-MAML and T-NAS (Finn et al. 2017; Lian et al. 2020).
 
     # T-NAS, Mini-ImageNet 5-way 1-shot (the defaults), from the packed file or the
     # Ravi & Larochelle layout (images/ + train.csv, val.csv, test.csv)
@@ -20,13 +20,10 @@ from __future__ import annotations
 import sys
 
 from jnas import cli
-from jnas.meta import MetaConfig
-
-DEFAULTS = MetaConfig()
 
 
 def main(argv=None) -> int:
-    return cli.meta_main(cli.meta_parser(__doc__, DEFAULTS), argv)
+    return cli.meta_main(__doc__, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ freshly initialised state, so any pytree (optax NamedTuples included) round-trip
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -38,12 +39,19 @@ class Checkpointer:
             "leaves": [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in leaves]
         }
         path = os.path.join(self.directory, str(epoch))
+        # Orbax logs its own error before raising; the message below replaces both.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.CRITICAL)
         try:
             restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
             return jax.tree.unflatten(treedef, restored["leaves"])
-        except Exception as e:  # Orbax raises many types; all mean the same to the user.
+        except Exception:  # Orbax raises many types; all mean the same to the user.
             raise JnasError(
-                f"the checkpoint {path} could not be read ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}). Nothing was deleted: move that folder away "
-                "to resume from the previous checkpoint, or pass a new `save` to start afresh."
+                f"the checkpoint {path} could not be read: it is incomplete or damaged (a "
+                "file in it is missing or was cut short). Nothing was deleted: move that "
+                "folder away to resume from the previous checkpoint, or pass a new `save` to "
+                "start afresh."
             ) from None
+        finally:
+            absl_logger.setLevel(level)

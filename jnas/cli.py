@@ -10,25 +10,24 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
+import threading
 
 import jax
 
 from jnas.algorithms import ALGORITHMS, algorithm
-from jnas.episodes import FEWSHOT_DATASETS
 from jnas.errors import JnasError
-from jnas.meta import ALGORITHMS as META_ALGORITHMS
+from jnas.io import WRITING
 from jnas.meta import MetaConfig
 from jnas.meta_runner import run_meta
-from jnas.relax import RELAXATIONS
 from jnas.runner import run_search
 from jnas.search import SearchConfig
 from jnas.sharding import initialize_distributed
-from jnas.spaces import SPACES
 
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla")
 
-# Flags that are not SearchConfig (MetaConfig) fields.
+# Flags that are not config fields.
 _SCRIPT_FLAGS = (
     "no_progress",
     "compile_cache",
@@ -40,70 +39,74 @@ _SCRIPT_FLAGS = (
 # A field's flag is --<field>, except these; and these fields take more names.
 _FLAG_NAMES = {"primitives": "ops"}
 _ALIASES = {"second_order": ("--unrolled",), "lam": ("--lambda",)}
-# Fields whose default may be None: the type of their values.
-_NONE_TYPES = {"data_dir": str, "relaxation": str, "tau_max": float, "tau_min": float,
-               "devices": int, "benchmark": str,
-               "primitives": lambda text: tuple(text.split(","))}
-_HELP = {
-    "space": f"search space: {', '.join(SPACES)}",
-    "relaxation": f"relaxation of alpha: {', '.join(RELAXATIONS)} (default: the algorithm's)",
-    "dataset": "digits, cifar10, cifar100 or a .npz path",
-    "data_dir": "TFDS data_dir or folder of .npz files",
-    "primitives": "comma-separated candidate operations (default: the space's)",
-    "nodes": "intermediate nodes per cell (DARTS space)",
-    "layers": "cells (DARTS space)",
-    "cells_per_stage": "cells per stage, N (NAS-Bench-201 space)",
-    "fix_reduction": "GDAS's fixed reduction cell (FRC): search the normal cell only",
-    "second_order": "DARTS's unrolled bilevel step",
-    "lam": "MiLeNAS's weight of the validation loss in the architecture gradient",
-    "tau_max": "first-epoch temperature (default: the relaxation's)",
-    "tau_min": "last-epoch temperature (default: the relaxation's)",
-    "nesterov": "Nesterov momentum for the weights",
-    "benchmark": "NAS-Bench-201: a NATS-Bench file or folder (pip install \"jnas[nats]\"), or a "
-    "CSV with an arch column; every epoch's derived cell is looked up in it",
-}
-_RUN_FIELDS = ("seed", "save", "devices")  # add_run_flags
 
 
-class _Formatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The script's docstring as written, and every flag's default in its help."""
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names, spaces around them ignored."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give comma-separated names, e.g. "
+                                         "none,skip_connect")
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an empty name; give comma-separated names, e.g. none,skip_connect"
+        )
+    return names
+
+
+# The value types of the fields' annotations (strings: the configs' modules use
+# `from __future__ import annotations`).
+_TYPES = {"str": str, "int": int, "float": float, "tuple[str, ...]": _names}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The script's docstring as written, and every flag's default in its help (a None
+    default's meaning is in the help text itself)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def flag(field: str) -> str:
     return "--" + _FLAG_NAMES.get(field, field)
 
 
-def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
-    """A flag for every SearchConfig field the algorithm reads (named as the official code
-    names it), with `defaults` (`SearchConfig.published`) as the defaults."""
-    algo = algorithm(defaults.algorithm)
-    options = {o for a in ALGORITHMS.values() for o in a.options}
-    p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter)
-    for f in dataclasses.fields(SearchConfig):
-        name = f.name
-        if name == "algorithm" or name in _RUN_FIELDS or (name in options
-                                                          and name not in algo.options):
+def config_parser(doc: str, defaults, skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """A flag for every field of the config `defaults` but `skip`, with the field's help and
+    choices (`jnas.config.option`) and `defaults`' values as the defaults; then the flags of
+    every script."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=_Formatter, allow_abbrev=False)
+    for f in dataclasses.fields(defaults):
+        if f.name in skip:
             continue
-        default = getattr(defaults, name)
-        kwargs = {"default": default, "dest": name, "help": _HELP.get(name)}
+        default = getattr(defaults, f.name)
+        kwargs = {"default": default, "dest": f.name, "help": f.metadata["help"],
+                  "choices": f.metadata.get("choices")}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif name == "hessian":
-            kwargs["choices"] = ("exact", "finite_difference")
         else:
-            kwargs["type"] = _NONE_TYPES.get(name, type(default))
-            if name == "primitives":
-                kwargs["metavar"] = "OPS"
-        p.add_argument(flag(name), *_ALIASES.get(name, ()), **kwargs)
-    add_run_flags(p, defaults, "each batch")
+            kwargs["type"] = _TYPES[f.type.removesuffix(" | None")]
+            if kwargs["type"] is _names:
+                kwargs["metavar"] = "NAMES"
+            if isinstance(default, tuple):  # shown and parsed as the flag's text
+                kwargs["default"] = ",".join(default)
+        p.add_argument(flag(f.name), *_ALIASES.get(f.name, ()), **kwargs)
+    add_script_flags(p)
     return p
 
 
-def add_run_flags(p: argparse.ArgumentParser, d, split: str) -> None:
-    """Seed, output folder, progress bar, devices and hosts: every script's (`d`: the config
-    with the defaults; `split`: what is split over the devices, for the help)."""
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save", default=d.save, help="output folder; rerun to resume")
+def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
+    """The flags of a search script: the SearchConfig fields its algorithm reads (named as
+    the official code names them), `defaults` (`SearchConfig.published`) as the defaults."""
+    algo = algorithm(defaults.algorithm)
+    others = {o for a in ALGORITHMS.values() for o in a.options} - set(algo.options)
+    return config_parser(doc, defaults, skip=("algorithm", *sorted(others)))
+
+
+def add_script_flags(p: argparse.ArgumentParser) -> None:
+    """Progress bar, compilation cache, hosts: every script's flags that are not settings."""
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--compile_cache",
@@ -112,12 +115,6 @@ def add_run_flags(p: argparse.ArgumentParser, d, split: str) -> None:
         "does not compile its steps again; 'none' turns it off, as do multi-process CPU runs "
         "(default: $JNAS_COMPILE_CACHE or %(default)s)",
     )
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=d.devices,
-        help=f"devices per process to split {split} over (default: all local devices)",
-    )
     add_host_flags(p)
 
 
@@ -125,76 +122,62 @@ def add_host_flags(p: argparse.ArgumentParser) -> None:
     """jax.distributed's settings, for runs over several processes (hosts)."""
     hosts = p.add_argument_group(
         "several hosts",
-        "jax.distributed.initialize() runs with --distributed or when a coordinator is given "
-        "(flag or JAX_COORDINATOR_ADDRESS); unset values come from JAX_NUM_PROCESSES, "
+        "jax.distributed.initialize() runs with --distributed or when a coordinator is\n"
+        "given (flag or JAX_COORDINATOR_ADDRESS); unset values come from JAX_NUM_PROCESSES,\n"
         "JAX_PROCESS_ID or the cluster (SLURM, Open MPI, Cloud TPU).",
     )
     hosts.add_argument("--distributed", action="store_true", help="join a multi-process run")
     hosts.add_argument("--coordinator_address", help="host:port of process 0")
-    hosts.add_argument("--num_processes", type=int)
-    hosts.add_argument("--process_id", type=int)
+    hosts.add_argument("--num_processes", type=int, help="processes in the run")
+    hosts.add_argument("--process_id", type=int, help="this process's index, 0 for the "
+                       "coordinator")
+
+
+def search_config(algorithm_name: str, doc: str, argv=None, extra=None):
+    """(SearchConfig, script flags) of a search script's command line: `--space` (and the
+    algorithm) choose the defaults, the other flags override them. `extra(parser)` adds
+    script-only flags."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--space", default="darts")
+    space = pre.parse_known_args(argv)[0].space
+    defaults = SearchConfig.published(algorithm_name, space, save=f"runs/{algorithm_name}")
+    parser = search_parser(doc, defaults)
+    if extra is not None:
+        extra(parser)
+    return _config(SearchConfig, parser, argv, algorithm=algorithm_name)
 
 
 def search_main(algorithm_name: str, doc: str, argv=None, extra=None) -> int:
-    """The search scripts' main: `--space` (and the algorithm) choose the defaults, the
-    other flags override them; 2 on a JnasError. `extra(parser)` adds script-only flags."""
+    """A search script's main; 2 on a JnasError."""
 
     def run(argv):
-        pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument("--space", default="darts")
-        space = pre.parse_known_args(argv)[0].space
-        defaults = SearchConfig.published(algorithm_name, space, save=f"runs/{algorithm_name}")
-        parser = search_parser(doc, defaults)
-        if extra is not None:
-            extra(parser)
-        args = _parse(parser, argv)
-        fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
-        config = SearchConfig(algorithm=algorithm_name, **fields)
-        run_search(config, progress=not args["no_progress"])
+        config, flags = search_config(algorithm_name, doc, argv, extra)
+        _start(flags)
+        run_search(config, progress=not flags["no_progress"])
 
     return _run(run, argv, SearchConfig)
 
 
-def meta_parser(doc: str, defaults: MetaConfig) -> argparse.ArgumentParser:
-    """The flags of experiments/tnas.py: every MetaConfig field, the defaults the papers'."""
-    d = defaults
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--algo", default=d.algo, choices=META_ALGORITHMS)
-    p.add_argument("--dataset", default=d.dataset, choices=FEWSHOT_DATASETS)
-    p.add_argument("--data_dir", default=d.data_dir, help="folder of the data (see README)")
-    for name in ("way", "shot", "query", "meta_batch", "inner_steps", "inner_steps_test"):
-        p.add_argument(f"--{name}", type=int, default=getattr(d, name))
-    for name in ("inner_lr_w", "inner_lr_alpha", "meta_lr_w", "meta_lr_alpha"):
-        p.add_argument(f"--{name}", type=float, default=getattr(d, name))
-    p.add_argument("--iterations", type=int, default=d.iterations, help="meta-iterations")
-    p.add_argument(
-        "--first_order", action="store_true", help="first-order MAML (no second derivatives)"
-    )
-    p.add_argument("--test_episodes", type=int, default=d.test_episodes)
-    p.add_argument("--filters", type=int, default=d.filters, help="MAML's conv learner width")
-    p.add_argument("--init_channels", type=int, default=d.init_channels, help="T-NAS's C")
-    p.add_argument("--layers", type=int, default=d.layers, help="cells, normal and reduction")
-    p.add_argument("--nodes", type=int, default=d.nodes, help="intermediate nodes per cell")
-    p.add_argument(
-        "--ops", default=",".join(d.primitives), help="comma-separated candidate operations"
-    )
-    p.add_argument("--log_every", type=int, default=d.log_every, help="meta-iterations")
-    p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
-    add_run_flags(p, d, "the tasks")
-    return p
+def meta_config(doc: str, argv=None):
+    """(MetaConfig, script flags) of experiments/tnas.py's command line."""
+    return _config(MetaConfig, config_parser(doc, MetaConfig()), argv)
 
 
-def meta_main(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse, build the MetaConfig, meta-train and test; 2 on a JnasError."""
+def meta_main(doc: str, argv=None) -> int:
+    """experiments/tnas.py's main; 2 on a JnasError."""
 
     def run(argv):
-        args = _parse(parser, argv)
-        fields = {k: v for k, v in args.items() if k not in _SCRIPT_FLAGS}
-        primitives = tuple(fields.pop("ops").split(","))
-        config = MetaConfig(**fields, primitives=primitives)
-        run_meta(config, progress=not args["no_progress"])
+        config, flags = meta_config(doc, argv)
+        _start(flags)
+        run_meta(config, progress=not flags["no_progress"])
 
     return _run(run, argv, MetaConfig)
+
+
+def _config(config_class, parser, argv, **fixed):
+    args = vars(parser.parse_args(argv))
+    flags = {k: args.pop(k) for k in _SCRIPT_FLAGS}
+    return config_class(**args, **fixed), flags
 
 
 def avoid_gpu_compiler_abort() -> None:
@@ -207,15 +190,14 @@ def avoid_gpu_compiler_abort() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
 
 
-def _parse(parser: argparse.ArgumentParser, argv) -> dict:
-    args = vars(parser.parse_args(argv))
-    if args["compile_cache"] != "none":
-        jax.config.update("jax_compilation_cache_dir", args["compile_cache"])
-    coordinator = args["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if args["distributed"] or coordinator:
-        initialize_distributed(args["coordinator_address"], args["num_processes"],
-                               args["process_id"])
-    return args
+def _start(flags: dict) -> None:
+    """Set up what the script flags ask for: the compilation cache, several hosts."""
+    if flags["compile_cache"] != "none":
+        jax.config.update("jax_compilation_cache_dir", flags["compile_cache"])
+    coordinator = flags["coordinator_address"] or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if flags["distributed"] or coordinator:
+        initialize_distributed(flags["coordinator_address"], flags["num_processes"],
+                               flags["process_id"])
 
 
 def as_flags(message: str, config_class) -> str:
@@ -226,9 +208,39 @@ def as_flags(message: str, config_class) -> str:
 
 def _run(run, argv, config_class) -> int:
     avoid_gpu_compiler_abort()
+    if argv is None:  # a script run from the command line, not a caller's main([...])
+        stop_on_interrupt()
     try:
         run(argv)
     except JnasError as e:
         print(f"error: {as_flags(str(e), config_class)}", file=sys.stderr)
         return 2
     return 0
+
+
+def stop_on_interrupt() -> None:
+    """Make Ctrl-C (SIGINT) end the script at once with exit status 130 and one line, also
+    while XLA compiles.
+
+    Python runs signal handlers only between bytecodes of the main thread, so a
+    KeyboardInterrupt waits for a compilation to return and may then be raised inside a
+    garbage-collector callback, which swallows it (the run went on). Instead the signal
+    wakes a watcher thread through `signal.set_wakeup_fd`, written by the C-level handler
+    whatever the main thread is doing; the watcher waits for any file or checkpoint write in
+    progress (`jnas.io.WRITING`), so the run folder keeps its last complete unit, then exits.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.signal(signal.SIGINT, lambda *_: None)  # no KeyboardInterrupt in the main thread
+    signal.set_wakeup_fd(write_end)
+
+    def watch():
+        while os.read(read_end, 1) != bytes([signal.SIGINT]):
+            pass
+        with WRITING:
+            sys.stdout.flush()
+            print("\ninterrupted (Ctrl-C): the run folder keeps the newest checkpoint, if "
+                  "any; rerun the same command to resume", file=sys.stderr, flush=True)
+            os._exit(130)
+
+    threading.Thread(target=watch, name="jnas-interrupt", daemon=True).start()

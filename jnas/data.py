@@ -292,15 +292,24 @@ def load_tfds(
     return x, y
 
 
+def load_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (those of `keys` that it has, or all), or an error that
+    names the file when it is not a readable .npz."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in (f.files if keys is None else keys) if k in f.files}
+    except Exception as err:  # numpy, zipfile and zlib raise many types for a bad file
+        raise JnasError(
+            f"{path} is not a readable numpy .npz file: it is damaged, cut short or another "
+            f"format ({type(err).__name__}); write it again with numpy.savez"
+        ) from None
+
+
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read plain (x, y) or JPEG-packed (jpeg, offsets, y) arrays; x comes back uint8 NHWC."""
     if not path.is_file():
         raise JnasError(f"dataset file {path} does not exist; check the path")
-    try:
-        with np.load(path) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as err:
-        raise JnasError(f"cannot read {path} as a numpy .npz file ({err})") from None
+    arrays = load_npz(path)
     if {"jpeg", "offsets", "y"} <= arrays.keys():
         x = decode_jpegs(path, arrays["jpeg"], arrays["offsets"], len(arrays["y"]))
     elif {"x", "y"} <= arrays.keys():

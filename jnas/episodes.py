@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jnas.data import decode_jpegs, load_tfds, preprocess, read_npz
+from jnas.data import decode_jpegs, load_npz, load_tfds, preprocess, read_npz
 from jnas.errors import JnasError
 
 FEWSHOT_DATASETS = ("omniglot", "mini_imagenet")
@@ -394,15 +394,11 @@ def _mini_packed(file_key, split: str) -> np.ndarray:
     """The classes of `split` from the JPEG-packed file, as (classes, per_class, 84, 84, 3)."""
     path = Path(file_key[0])
     keys = ("jpeg", "offsets", "y", "class_split")
-    try:
-        with np.load(path) as f:
-            arrays = {k: f[k] for k in keys if k in f.files}
-            names = sorted(f.files)
-    except (OSError, ValueError) as err:
-        raise JnasError(f"cannot read {path} as a numpy .npz file ({err})") from None
+    arrays = load_npz(path, keys)
     if len(arrays) != len(keys):
         raise JnasError(
-            f"{path} has keys {names}; a packed mini-ImageNet file needs {', '.join(keys)}"
+            f"{path} has the keys {sorted(arrays)} of {', '.join(keys)}; a packed "
+            "mini-ImageNet file needs them all"
         )
     jpeg, offsets, y, class_split = (arrays[k] for k in keys)
     if offsets.shape != (len(y) + 1,) or y.ndim != 1:

@@ -2,10 +2,13 @@
 
 A job (a search, a meta-learner; FedNAS's rounds next) says what its steps and its logged
 units are (an epoch; a window of meta-iterations), how to score a unit and which files to
-write. `run(job)` owns the rest: the settings file and the refusal of a folder written with
-other settings, resuming from the newest checkpoint, the progress bar, the per-unit means of
-the step metrics and their non-finite check, metrics.jsonl, the check that every step
-compiled once, checkpoints, and the final result.
+write. `run(job)` owns the rest: the run folder's checks, the settings file (written with
+each checkpoint, so that a folder without one holds no run) and the refusal of a folder
+written with other settings, resuming from the newest checkpoint, the notice and timing of
+the first step's compilation, the progress bar, the per-unit means of the step metrics and
+their non-finite check, metrics.jsonl, the check that every step compiled once,
+checkpoints, and the final result. A unit's files and checkpoint are written under
+`jnas.io.WRITING`, which the command line's Ctrl-C waits for.
 
 With several processes every process runs the loop and process 0 alone writes files and
 prints; the checkpoint is written by all (Orbax lets one replica write replicated state).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 
 from jnas.checkpoint import Checkpointer
 from jnas.errors import JnasError
-from jnas.io import write_json, write_text
+from jnas.io import WRITING, write_json, write_text
 from jnas.sharding import ShardedStep, assert_traced_once, is_main_process
 
 # Settings that say where things are and what runs them, not what is computed: they may
@@ -41,6 +45,7 @@ class Job(Protocol):
     total_steps: int  # for the progress bar
     steps: tuple[ShardedStep, ...]  # each must compile once per run
     hint: str  # what to change when the loss is non-finite (in the caller's terms)
+    step_name: str  # what the step is called in messages: "search step"
     loss_key: str  # the step metric the progress bar shows
 
     def init(self) -> Any: ...
@@ -79,11 +84,9 @@ def config_dict(config) -> dict:
 def check_resumable(config, path: str, may_differ: tuple[str, ...] = RUN_FIELDS) -> None:
     """Refuse to resume a run written with other settings (those not in `may_differ`): its
     checkpoint would not fit them, or it would compute something else."""
-    new = config_dict(config)
     if not os.path.exists(path):
-        if is_main_process():
-            write_json(path, new)
         return
+    new = config_dict(config)
     with open(path) as f:
         old = json.load(f)
     diff = {k: (old.get(k), v) for k, v in new.items() if k not in may_differ and old.get(k) != v}
@@ -93,6 +96,43 @@ def check_resumable(config, path: str, may_differ: tuple[str, ...] = RUN_FIELDS)
             f"{os.path.dirname(path)} holds a run with other settings ({changes}). "
             "Rerun with the same settings to resume it, or pass a new `save`."
         )
+
+
+def make_run_folder(save: str) -> None:
+    """Create `save` (if needed) and check that files can be written into it."""
+    try:
+        os.makedirs(save, exist_ok=True)
+        with tempfile.TemporaryFile(dir=save):
+            pass
+    except OSError as e:
+        raise JnasError(
+            f"cannot write into the run folder {save!r} ({e.strerror or e}); pass as `save` a "
+            "folder you can write to"
+        ) from None
+
+
+def compile_note(step_name: str) -> str:
+    """What the first step is about to do, and where its compiled program will be kept."""
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        return (f"compiling the {step_name} (once: up to minutes on a CPU for the papers' "
+                f"networks; later runs with these settings load it from the cache at {cache})")
+    return f"compiling the {step_name} (the compilation cache is off, so every run compiles it)"
+
+
+class _CacheHits:
+    """Counts JAX's persistent-cache hits while in the `with` block."""
+
+    def __enter__(self):
+        self.hits = 0
+        jax.monitoring.register_event_listener(self._record)
+        return self
+
+    def _record(self, event, **kwargs):
+        self.hits += event == "/jax/compilation_cache/cache_hits"
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_listener(self._record)
 
 
 def read_metrics(path: str, up_to: int, key: str) -> list[dict]:
@@ -114,31 +154,37 @@ def run(job: Job, *, progress: bool = True, desc: str = "") -> dict:
     save = job.config.save
     main = is_main_process()
     if main:
-        os.makedirs(save, exist_ok=True)
-    check_resumable(job.config, os.path.join(save, "config.json"), job.may_differ)
-    state = job.init()
+        make_run_folder(save)
+    config_path = os.path.join(save, "config.json")
     checkpointer = Checkpointer(os.path.join(save, "checkpoints"))
     metrics_path = os.path.join(save, "metrics.jsonl")
+    # A folder without a checkpoint holds no run (it failed or was stopped before its first
+    # checkpoint): it is started afresh, whatever settings file it has.
     start = checkpointer.latest_epoch() or 0
+    if start:
+        check_resumable(job.config, config_path, job.may_differ)
+    state = job.init()
     rows = []
     if start:
         state = checkpointer.restore(start, like=state)
         rows = read_metrics(metrics_path, start, job.unit)
-        if main:
-            print(f"resuming {save} after {job.unit} {start}", flush=True)
+    units = list(job.units(start))
+    if main and start:
+        what = "resuming" if units else "already finished:"
+        print(f"{what} {save} after {job.unit} {start}", flush=True)
 
-    bar = tqdm(
-        total=job.total_steps,
-        initial=job.steps_before(start),
-        desc=desc,
-        disable=not (progress and main),
-    )
-    for unit in job.units(start):
+    bar = None
+    for unit in units:
         t0, window = time.time(), []
         for inputs in job.step_inputs(unit):
-            state, m = job.step(state, *inputs)
+            if bar is None:  # the first step compiles: say so, and keep it out of the rate
+                state, m = _first_step(job, state, inputs, main)
+                bar = tqdm(total=job.total_steps, initial=job.steps_before(start) + 1,
+                           desc=desc, disable=not (progress and main))
+            else:
+                state, m = job.step(state, *inputs)
+                bar.update(1)
             window.append(m)  # kept on device: no host round trip until the unit ends
-            bar.update(1)
             if len(window) % 10 == 1:
                 bar.set_postfix({job.unit: unit, "loss": f"{float(m[job.loss_key]):.3f}"})
         means = {k: float(np.mean(v)) for k, v in jax.device_get(stack_metrics(window)).items()}
@@ -152,15 +198,32 @@ def run(job: Job, *, progress: bool = True, desc: str = "") -> dict:
         row["steps_per_second"] = len(window) / row["seconds"]
         assert_traced_once(*job.steps)
         rows.append(row)
-        # Files first, then the checkpoint: a crash in between resumes from the previous
-        # checkpoint and drops this unit's metrics line.
-        if main:
-            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-            job.write(state, rows)
-        if job.checkpoint_due(unit):
-            checkpointer.save(unit, state)
+        # Files first, then the settings and the checkpoint: a crash in between resumes from
+        # the previous checkpoint and drops this unit's metrics line. Ctrl-C waits for all.
+        with WRITING:
+            if main:
+                write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+                job.write(state, rows)
+            if job.checkpoint_due(unit):
+                if main:
+                    write_json(config_path, config_dict(job.config))
+                checkpointer.save(unit, state)
         line = job.summary(row)
         if main and line:
             tqdm.write(line)
-    bar.close()
+    if bar is not None:
+        bar.close()
     return job.finish(state, rows)
+
+
+def _first_step(job: Job, state, inputs, main: bool):
+    """The run's first step, which compiles: announced, timed, and its time printed."""
+    if main:
+        print(compile_note(job.step_name), flush=True)
+    t0 = time.time()
+    with _CacheHits() as cache:
+        state, m = jax.block_until_ready(job.step(state, *inputs))
+    if main:
+        how = "loaded from the compilation cache" if cache.hits else "compiled"
+        print(f"{job.step_name} {how} and run once in {time.time() - t0:.1f} s", flush=True)
+    return state, m

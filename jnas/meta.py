@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jnas.config import check_common, option
+from jnas.episodes import FEWSHOT_DATASETS
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
 from jnas.ops import batch_norm, check_primitives
@@ -50,34 +52,38 @@ class MetaConfig:
     al., 2020), which takes MAML's (Finn et al., 2017) for the inner loop and the weights; the
     architecture's rates are DARTS's. `iterations` is MAML's 60,000."""
 
-    algo: str = "tnas"
-    dataset: str = "mini_imagenet"
-    data_dir: str | None = None
-    way: int = 5
-    shot: int = 1
-    query: int = 15
-    meta_batch: int = 4
-    inner_steps: int = 5
-    inner_steps_test: int = 10
-    inner_lr_w: float = 0.01
-    inner_lr_alpha: float = 3e-3
-    meta_lr_w: float = 1e-3
-    meta_lr_alpha: float = 3e-4
-    iterations: int = 60_000
-    first_order: bool = False
-    test_episodes: int = 600
-    filters: int = 64  # MAML's learner
-    init_channels: int = 16  # T-NAS's network
-    layers: int = 2
-    nodes: int = 4
-    primitives: tuple[str, ...] = PRIMITIVES
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    seed: int = 0
-    save: str = "runs/tnas"
-    devices: int | None = None  # per process; None: all local devices
+    algo: str = option("tnas", "maml: a fixed conv learner; auto_maml: one meta-learned "
+                       "architecture; tnas: each task adapts its architecture",
+                       choices=ALGORITHMS)
+    dataset: str = option("mini_imagenet", "few-shot dataset", choices=FEWSHOT_DATASETS)
+    data_dir: str | None = option(None, "folder of the data (see README)")
+    way: int = option(5, "classes per task (N-way)")
+    shot: int = option(1, "training images per class in a task (K-shot)")
+    query: int = option(15, "query images per class in a task")
+    meta_batch: int = option(4, "tasks per meta-iteration")
+    inner_steps: int = option(5, "inner-loop steps in meta-training")
+    inner_steps_test: int = option(10, "inner-loop steps at test time")
+    inner_lr_w: float = option(0.01, "inner-loop learning rate of the weights")
+    inner_lr_alpha: float = option(3e-3, "inner-loop learning rate of alpha (T-NAS)")
+    meta_lr_w: float = option(1e-3, "meta learning rate (Adam) of the weights")
+    meta_lr_alpha: float = option(3e-4, "meta learning rate (Adam) of alpha")
+    iterations: int = option(60_000, "meta-iterations")
+    first_order: bool = option(False, "first-order MAML (no second derivatives)")
+    test_episodes: int = option(600, "test episodes of the final test")
+    filters: int = option(64, "MAML's conv learner width")
+    init_channels: int = option(16, "T-NAS's network: channels of the first cell, C")
+    layers: int = option(2, "T-NAS's network: cells, alternating normal and reduction")
+    nodes: int = option(4, "T-NAS's network: intermediate nodes per cell")
+    primitives: tuple[str, ...] = option(PRIMITIVES, "comma-separated candidate operations")
+    log_every: int = option(100, "meta-iterations per metrics line")
+    checkpoint_every: int = option(1000, "meta-iterations per checkpoint")
+    seed: int = option(0, "random seed: initialisation and training episodes")
+    save: str = option("runs/tnas", "output folder; rerun to resume")
+    devices: int | None = option(None, "devices per process to split the tasks over "
+                                 "(default: all local devices)")
 
     def __post_init__(self):
+        check_common(self)
         if self.algo not in ALGORITHMS:
             raise JnasError(f"`algo` must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
         positive = (
@@ -96,6 +102,13 @@ class MetaConfig:
                 f"{self.log_every}, so that a resumed run logs the same windows"
             )
         check_primitives(self.primitives)
+        if self.searches_architecture:  # its layers, nodes and ops, before any data loads
+            if self.layers < 2:
+                raise JnasError(
+                    f"`layers` {self.layers} has no reduction cell: T-NAS's network alternates "
+                    "normal and reduction cells, so `layers` must be at least 2"
+                )
+            meta_space(self, (28, 28, 1))
 
     @property
     def searches_architecture(self) -> bool:

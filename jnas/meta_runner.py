@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -60,6 +61,7 @@ class MetaJob:
     """Meta-training in windows of `log_every` meta-iterations, then the test."""
 
     unit = "iteration"
+    step_name = "meta-training step"
     loss_key = "loss"
     may_differ = _MAY_DIFFER
     hint = "Lower `meta_lr_w`, `inner_lr_w` or `inner_lr_alpha`."
@@ -124,20 +126,37 @@ class MetaJob:
 
     def finish(self, state, rows):
         cfg = self.config
-        mean, ci95, n = test_accuracy(
-            self.learner, state, self.test_sampler, cfg.test_episodes, TEST_SEED
-        )
-        result = {"test_acc": mean, "test_ci95": ci95, "test_episodes": n,
-                  "iterations": cfg.iterations}
+        path = os.path.join(cfg.save, "test.json")
+        settings = {k: v for k, v in loop.config_dict(cfg).items() if k not in loop.RUN_FIELDS}
+        result = _read_json(path)
+        # A rerun of a finished run reports its test instead of running it again.
+        if result is None or result.get("settings") != settings:
+            mean, ci95, n = test_accuracy(
+                self.learner, state, self.test_sampler, cfg.test_episodes, TEST_SEED
+            )
+            result = {"test_acc": mean, "test_ci95": ci95, "test_episodes": n,
+                      "iterations": cfg.iterations, "settings": settings}
+            if is_main_process():
+                write_json(path, result)
         if is_main_process():
-            write_json(os.path.join(cfg.save, "test.json"), result)
             print(
-                f"test accuracy {100 * mean:.2f} +- {100 * ci95:.2f} % (95% CI, {n} episodes "
-                f"of {cfg.way}-way {cfg.shot}-shot {cfg.dataset}, after {cfg.iterations} "
-                "meta-iterations)",
+                f"test accuracy {100 * result['test_acc']:.2f} +- {100 * result['test_ci95']:.2f}"
+                f" % (95% CI, {result['test_episodes']} episodes of {cfg.way}-way {cfg.shot}-shot "
+                f"{cfg.dataset}, after {cfg.iterations} meta-iterations)",
                 flush=True,
             )
-        return {"rows": rows, **result}
+            files = "metrics.jsonl, curves.png, test.json, config.json, checkpoints/"
+            if cfg.searches_architecture:
+                files += ", genotype.json, genotype.png, alphas.npz, alphas.png"
+            print(f"files in {cfg.save}: {files}", flush=True)
+        return {"rows": rows, **{k: v for k, v in result.items() if k != "settings"}}
+
+
+def _read_json(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def run_meta(config: MetaConfig, *, progress: bool = True) -> dict:

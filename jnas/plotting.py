@@ -8,7 +8,9 @@ registered in pyplot's global figure list (no leak over many epochs), no GUI bac
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from itertools import product
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -71,7 +73,13 @@ def _upright(angle: float) -> float:
     return angle - 180 if angle > 90 else angle + 180 if angle < -90 else angle
 
 
-def _draw_cell(ax, edges, concat, title: str) -> None:
+def _draw_cell(ax, edges, concat, title: str, fontsize: float = 8) -> tuple[list, list]:
+    """Draw one cell; return the boxes of its edge labels and of its nodes (`_Box`, pixels).
+
+    Each label goes to the best spot along its edge: clear of nodes and earlier labels first,
+    then hiding the least of other arrows. Where no spot is clear `_genotype_figure` draws
+    again on a larger canvas rather than saving a clash.
+    """
     steps = len(edges) // 2
     pos = _layout(steps)
     xs = [x for x, _ in pos.values()]
@@ -84,8 +92,9 @@ def _draw_cell(ax, edges, concat, title: str) -> None:
     # Fix the final data-to-pixel transform now: label placement below measures text in pixels.
     ax.apply_aspect()
     renderer = ax.figure.canvas.get_renderer()
+    pixels = {key: ax.transData.transform(p) for key, p in pos.items()}
 
-    patches = {}
+    patches, nodes = {}, {}
     for key, (x, y) in pos.items():
         if key == "out":
             kind, label = "output", "$c_{k}$"
@@ -96,52 +105,126 @@ def _draw_cell(ax, edges, concat, title: str) -> None:
         patches[key] = Ellipse((x, y), 1.0, 0.7, facecolor=_COLORS[kind], edgecolor="black")
         ax.add_patch(patches[key])
         ax.text(x, y, label, ha="center", va="center", fontsize=12, zorder=4)
-    # Boxes already on the canvas, in pixels; nodes count as level boxes.
-    taken = []
-    for patch in patches.values():
-        e = patch.get_window_extent(renderer)
-        center = np.array([(e.x0 + e.x1) / 2, (e.y0 + e.y1) / 2])
-        taken.append(_Box(center, np.array([1.0, 0.0]), e.width / 2, e.height / 2))
+        e = patches[key].get_window_extent(renderer)  # nodes count as level boxes
+        nodes[key] = _Box(pixels[key], np.array([1.0, 0.0]), e.width / 2, e.height / 2)
+    # Labels keep a few pixels from each other, and a few more from nodes so that the
+    # arrowheads next to the nodes stay visible.
+    near_nodes = {key: _grow(box, 4.0) for key, box in nodes.items()}
 
-    def arrow(src, dst):
+    texts, sizes = [], []
+    for op, _ in edges:
+        text = ax.text(
+            0, 0, op, ha="center", va="center", fontsize=fontsize, zorder=5,
+            rotation_mode="anchor",
+            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.9),
+        )
+        # The visible label is the text measured level plus the white box's padding.
+        e = text.get_window_extent(renderer)
+        pad = 0.15 * fontsize * ax.figure.dpi / 72
+        texts.append(text)
+        sizes.append((e.width / 2 + pad, e.height / 2 + pad))
+
+    # A node may take the same input twice (two ops); a straight line would draw both edges
+    # on top of each other, so such a pair is bent to either side.
+    pairs = Counter((src, k // 2 + 2) for k, (_, src) in enumerate(edges))
+    bends = {}
+    curves = []  # (source, target, rad) of every arrow, the edges first and in order
+    for k, (_, src) in enumerate(edges):
+        dst = k // 2 + 2
+        if pairs[src, dst] == 1:
+            rad = 0.0
+        elif (src, dst) in bends:
+            rad = bends[src, dst][1]  # the pair's second edge
+        else:
+            others = [box for key, box in near_nodes.items() if key not in (src, dst)]
+            height = 2 * max(h for _, h in sizes)
+            bends[src, dst] = _bends(pixels[src], pixels[dst], height, others)
+            rad = bends[src, dst][0]
+        curves.append((src, dst, rad))
+    curves += [(c, "out", 0.0) for c in concat]
+    beziers, traces = [], []
+    for src, dst, rad in curves:
         ax.add_patch(
             FancyArrowPatch(
                 pos[src], pos[dst], arrowstyle="-|>", mutation_scale=12, color="dimgray",
                 lw=1.2, patchA=patches[src], patchB=patches[dst], zorder=2,
+                connectionstyle=f"arc3,rad={rad}",
             )
         )
+        a, b = pixels[src], pixels[dst]
+        beziers.append((a, _arc3(a, b, rad), b))
+        traces.append(_bezier(*beziers[-1], np.linspace(0, 1, 200)))
 
-    for c in concat:
-        arrow(c, "out")
-    for k, (op, src) in enumerate(edges):
-        dst = k // 2 + 2
-        arrow(src, dst)
-        p, q = np.asarray(pos[src]), np.asarray(pos[dst])
-        text = ax.text(
-            0, 0, op, ha="center", va="center", fontsize=8, zorder=5,
-            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.9),
-        )
-        size = text.get_window_extent(renderer)  # measured level, before rotating
-        pp, pq = ax.transData.transform(p), ax.transData.transform(q)
-        direction = (pq - pp) / np.linalg.norm(pq - pp)
-        text.set_rotation(_upright(float(np.degrees(np.arctan2(direction[1], direction[0])))))
-        text.set_rotation_mode("anchor")
-        # Slide the label along its edge to the first spot clear of nodes and earlier labels
-        # (crossing edges would otherwise stack labels at their midpoints); else the spot
-        # with the fewest clashes, a clash with a node counting most.
+    labels = []
+    for k, (text, (half_length, half_height)) in enumerate(zip(texts, sizes, strict=True)):
+        a, c, b = beziers[k]
+        others = np.concatenate(traces[:k] + traces[k + 1 :])
+        # Try spots along the edge from its middle outwards, on the line and beside it
+        # (crossing edges would otherwise stack labels at their midpoints). Take the spot with
+        # the fewest clashes with nodes and earlier labels, then the one that hides the least
+        # of other arrows, where a spot beside the line counts as hiding a steep crossing.
         best = None
-        for t in (0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78):
-            box = _Box(pp + t * (pq - pp), direction, size.width / 2, size.height / 2)
-            clashes = sum(
-                (10 if i < len(patches) else 1) * _overlaps(box, other)
-                for i, other in enumerate(taken)
+        for offset, t in product((0.0, 1.0, -1.0, 2.0, -2.0), _SPOTS):  # in half heights
+            u = (1 - t) * (c - a) + t * (b - c)  # the tangent
+            u = u / np.linalg.norm(u)
+            center = _bezier(a, c, b, t) + offset * half_height * np.array([-u[1], u[0]])
+            box = _Box(center, u, half_length, half_height)
+            clashes = sum(_overlaps(_grow(box, 2.0), other) for other in labels) + sum(
+                10 * _overlaps(box, other) for other in near_nodes.values()
             )
-            if best is None or clashes < best[0]:
-                best = (clashes, t, box)
-            if clashes == 0:
+            cost = (clashes, np.sum(_inside(others, box)) + 8 * abs(offset))
+            if best is None or cost < best[0]:
+                best = (cost, box)
+            if cost == (0, 0):
                 break
-        text.set_position(p + best[1] * (q - p))
-        taken.append(best[2])
+        box = best[1]
+        text.set_position(ax.transData.inverted().transform(box.center))
+        angle = float(np.degrees(np.arctan2(box.direction[1], box.direction[0])))
+        text.set_rotation(_upright(angle))
+        labels.append(box)
+    return labels, list(nodes.values())
+
+
+# Where along an edge (0 at its source, 1 at its target) a label may go, middle first.
+_SPOTS = sorted(np.round(np.arange(0.15, 0.86, 0.05), 2), key=lambda t: abs(t - 0.5))
+
+
+def _arc3(a: np.ndarray, b: np.ndarray, rad: float) -> np.ndarray:
+    """Control point of matplotlib's "arc3,rad=..." curve from a to b: a quadratic Bezier."""
+    return (a + b) / 2 + rad * np.array([b[1] - a[1], a[0] - b[0]])
+
+
+def _bezier(a, c, b, t):
+    """Point(s) at `t` of the quadratic Bezier curve from a to b with control point c."""
+    t = np.asarray(t)[..., None]
+    return (1 - t) ** 2 * a + 2 * t * (1 - t) * c + t**2 * b
+
+
+def _bends(a: np.ndarray, b: np.ndarray, label_height: float, nodes: Sequence) -> tuple:
+    """The rads (arc3) of two edges from a to b, bent to either side: (r, -r) where there is
+    room; where a node is close on one side the other side bends further instead."""
+    # A curve's middle lies rad * length / 2 off the straight line; 2r apart, the two
+    # labels fit side by side there.
+    r = max(0.12, 2.5 * label_height / np.linalg.norm(b - a))
+    up, down = _room(a, b, r, nodes), _room(a, b, -r, nodes)
+    return _room(a, b, 2 * r + down, nodes), _room(a, b, -(2 * r - up), nodes)
+
+
+def _room(a: np.ndarray, b: np.ndarray, rad: float, nodes: Sequence) -> float:
+    """`rad`, made smaller until that curve from a to b passes clear of the `nodes`."""
+    t = np.linspace(0, 1, 200)
+    while abs(rad) > 0.01 and any(
+        _inside(_bezier(a, _arc3(a, b, rad), b, t), node).any() for node in nodes
+    ):
+        rad *= 0.8
+    return rad
+
+
+def _inside(points: np.ndarray, box: _Box) -> np.ndarray:
+    """Which of the points (n, 2) lie inside `box`."""
+    d = points - box.center
+    u = box.direction
+    return (abs(d @ u) < box.half_length) & (abs(d @ np.array([-u[1], u[0]])) < box.half_height)
 
 
 class _Box(NamedTuple):
@@ -164,6 +247,12 @@ def _overlaps(a: _Box, b: _Box) -> bool:
     return True
 
 
+def _grow(box: _Box, pixels: float) -> _Box:
+    return box._replace(
+        half_length=box.half_length + pixels, half_height=box.half_height + pixels
+    )
+
+
 def _half_sides(box: _Box) -> tuple:
     u = box.direction
     return ((box.half_length, u), (box.half_height, np.array([-u[1], u[0]])))
@@ -174,23 +263,52 @@ def plot_genotype(
 ) -> Path:
     """Draw the normal (left) and reduction (right) cells of `genotype` as DAGs into a PNG."""
     # Op names are not checked against PRIMITIVES so custom search spaces can be drawn too.
-    g = validate_genotype(genotype, primitives=None)
+    fig, _ = _genotype_figure(validate_genotype(genotype, primitives=None), title)
+    return _save_figure(fig, path)
+
+
+# (figure scale, label font size) to draw with, in turn, until no label clashes.
+_TRIES = ((1.0, 8), (1.25, 8), (1.5, 7), (2.0, 7), (3.0, 6))
+
+
+def _genotype_figure(g: Genotype, title: str | None = None) -> tuple[Figure, list]:
+    """The figure of `g` and, per drawn cell, its label boxes and node boxes (pixels).
+
+    Where a label finds no free spot the cells are drawn again on a larger canvas, which
+    spaces the nodes more widely in pixels while the labels keep their size, and then with a
+    smaller font. The last try is kept as it is; random cells of 1 to 6 nodes all fit the
+    first, and one with 24-point labels fits 2.5 times larger.
+    """
     steps = len(g.normal) // 2
-    # Size the figure to the layout's extent (about 0.6 inch per data unit) so the equal
-    # aspect leaves no large blank bands.
-    fig = Figure(figsize=(2 * 0.6 * (2.2 * (steps + 2) + 1.4), 4.0), dpi=110)
-    FigureCanvasAgg(fig)  # a real renderer, needed to measure labels while placing them
-    axes = fig.subplots(1, 2, gridspec_kw=dict(left=0.01, right=0.99, wspace=0.05, top=0.85))
-    _draw_cell(axes[0], g.normal, g.normal_concat, "normal cell")
-    if is_fixed_reduction(g):
-        axes[1].text(0.5, 0.5, "fixed reduction cell\n(GDAS's FRC)", ha="center", va="center",
-                     fontsize=12)
-        axes[1].set_axis_off()
-    else:
-        _draw_cell(axes[1], g.reduce, g.reduce_concat, "reduction cell")
+    for attempt, (scale, fontsize) in enumerate(_TRIES, 1):
+        # Size the figure to the layout's extent (about 0.6 inch per data unit) so the equal
+        # aspect leaves no large blank bands.
+        fig = Figure(
+            figsize=(scale * 2 * 0.6 * (2.2 * (steps + 2) + 1.4), scale * 4.0), dpi=110
+        )
+        FigureCanvasAgg(fig)  # a real renderer, needed to measure labels while placing them
+        axes = fig.subplots(1, 2, gridspec_kw=dict(left=0.01, right=0.99, wspace=0.05, top=0.85))
+        cells = [_draw_cell(axes[0], g.normal, g.normal_concat, "normal cell", fontsize)]
+        if is_fixed_reduction(g):
+            axes[1].text(0.5, 0.5, "fixed reduction cell\n(GDAS's FRC)", ha="center",
+                         va="center", fontsize=12)
+            axes[1].set_axis_off()
+        else:
+            cells.append(_draw_cell(axes[1], g.reduce, g.reduce_concat, "reduction cell",
+                                    fontsize))
+        if attempt == len(_TRIES) or not any(_clashes(*cell) for cell in cells):
+            break
+        fig.clear()  # drop this try's artists at once
     if title:
         fig.suptitle(title)
-    return _save_figure(fig, path)
+    return fig, cells
+
+
+def _clashes(labels: Sequence[_Box], nodes: Sequence[_Box]) -> bool:
+    """Whether a label box overlaps another label box or a node box."""
+    return any(
+        _overlaps(a, b) for i, a in enumerate(labels) for b in [*labels[i + 1 :], *nodes]
+    )
 
 
 def plot_alpha(
@@ -202,6 +320,11 @@ def plot_alpha(
 ) -> Path:
     """Heatmaps of the op weights per edge (softmax(alpha) for DARTS), one per cell type,
     values annotated, into a PNG. `edge_labels` names the rows (`Space.edge_labels()`)."""
+    return _save_figure(_alpha_figure(weights, primitives, edge_labels, title), path)
+
+
+def _alpha_figure(weights, primitives, edge_labels, title=None) -> Figure:
+    """The figure of `plot_alpha`, unsaved."""
     weights = {cell: np.asarray(w, np.float64) for cell, w in weights.items()}
     rows = len(edge_labels)
     for cell, w in weights.items():
@@ -215,8 +338,7 @@ def plot_alpha(
     vmin = min(float(w.min()) for w in weights.values())
     vmax = max(float(w.max()) for w in weights.values())
     num_ops = len(primitives)
-    # Near-uniform weights (early in a search) need a third decimal to differ.
-    digits = 3 if vmax - vmin < 0.05 else 2
+    digits = _decimals(vmax - vmin)
     # Constrained layout keeps the right map's row labels clear of the left map at any size.
     fig = Figure(
         figsize=(len(weights) * (0.75 * num_ops + 1.8) + 1.2, 0.38 * rows + 2.2), dpi=110,
@@ -233,14 +355,27 @@ def plot_alpha(
         for r in range(rows):
             for c in range(num_ops):
                 dark = w[r, c] < vmin + 0.6 * (vmax - vmin)
+                # Even 5 decimals fill about half a cell's width at this size.
                 ax.text(
                     c, r, f"{w[r, c]:.{digits}f}", ha="center", va="center", fontsize=7,
                     color="white" if dark else "black",
                 )
-    fig.colorbar(image, ax=list(axes), fraction=0.03, label="op weight")
+    bar = fig.colorbar(image, ax=list(axes), fraction=0.03, label="op weight")
+    bar.formatter.set_useOffset(False)  # whole weights on the ticks, not "1e-5 + 0.125"
     if title:
         fig.suptitle(title)
-    return _save_figure(fig, path)
+    return fig
+
+
+def _decimals(span: float) -> int:
+    """Decimals to print weights with: the fewest, 2 to 5, at which the color range `span`
+    is 10 printed steps or more, so that cells of clearly different colors print different
+    values (near-uniform weights early in a search differ in the third or fourth decimal)."""
+    digits = 2
+    # The tolerance keeps a span of exactly 0.1 at 2 decimals despite rounding.
+    while digits < 5 and span < 10.0 ** (1 - digits) * (1 - 1e-9):
+        digits += 1
+    return digits
 
 
 def plot_curves(

@@ -7,9 +7,9 @@
 - `alphas.npz`: raw alpha, one array per cell type
 - `metrics.jsonl`: one JSON object per epoch
 - `genotype.png`, `alphas.png`: the derived cells and the op weights per edge
-- `checkpoints/<epoch>/`: the full search state after each epoch
-- `config.json`: the settings; rerunning with the same `save` resumes from the newest
-  checkpoint and gives the same result as an uninterrupted run.
+- `checkpoints/<epoch>/`: the full search state after each epoch (the newest two are kept)
+- `config.json`: the settings, written with each checkpoint; rerunning with the same `save`
+  resumes from the newest checkpoint and gives the same result as an uninterrupted run.
 
 The step runs data-parallel over `config.devices` devices of every process (jnas.sharding);
 with several processes each loads only its rows of every batch and process 0 alone writes
@@ -30,6 +30,9 @@ from jnas.io import atomic_write, write_json
 from jnas.plotting import plot_alpha
 from jnas.search import Search, SearchConfig
 from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
+
+RESULT_FILES = ("genotype.json, genotype.png, alphas.npz, alphas.png, metrics.jsonl, "
+                "config.json, checkpoints/ (the newest two)")
 
 
 def evaluate(search: Search, state, dataset, batch_size: int) -> tuple[float, float]:
@@ -63,6 +66,7 @@ class SearchJob:
     architecture's half after each epoch."""
 
     unit = "epoch"
+    step_name = "search step"
     loss_key = "train_loss"
     may_differ = loop.RUN_FIELDS
     hint = "Lower `learning_rate` or `arch_learning_rate`, or check the data for NaNs."
@@ -146,10 +150,15 @@ class SearchJob:
         )
 
     def finish(self, state, rows):
-        if self.benchmark is not None and rows and is_main_process():
-            found = {k: v for k, v in rows[-1].items() if k.startswith(PREFIX)}
-            print(f"benchmark ({self.benchmark.source}) of the derived cell: "
-                  + ", ".join(f"{k[len(PREFIX):]} {v:.2f}" for k, v in found.items()), flush=True)
+        if rows and is_main_process():
+            space, last = self.search.space, rows[-1]
+            print(f"result: {self.summary(last)}", flush=True)
+            if self.benchmark is not None:
+                found = {k: v for k, v in last.items() if k.startswith(PREFIX)}
+                print(f"benchmark ({self.benchmark.source}) of the derived cell: "
+                      + ", ".join(f"{k[len(PREFIX):]} {v:.2f}" for k, v in found.items()))
+            print(f"derived architecture: {space.to_string(space.from_dict(last['genotype']))}")
+            print(f"files in {self.config.save}: {RESULT_FILES}", flush=True)
         return {"rows": rows, "state": state}
 
 

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import optax
 
 from jnas.algorithms import ALGORITHMS, ArchContext, algorithm
+from jnas.config import check_common, option
 from jnas.errors import JnasError
-from jnas.relax import Relaxation, make_relaxation
+from jnas.relax import RELAXATIONS, Relaxation, make_relaxation
 from jnas.sharding import ShardedStep, data_mesh, put_replicated
 from jnas.spaces import SPACES, Space, space_class
 from jnas.steps import accuracy, cross_entropy, init_variables
@@ -42,39 +43,53 @@ class SearchConfig:
     `init_channels` and `cells_per_stage` the NAS-Bench-201 one.
     """
 
-    algorithm: str = "darts"
-    space: str = "darts"
-    relaxation: str | None = None
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    batch_size: int = 64
-    learning_rate: float = 0.025
-    learning_rate_min: float = 0.001
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 3e-4
-    epochs: int = 50
-    init_channels: int = 16
-    layers: int = 8
-    nodes: int = 4
-    cells_per_stage: int = 5
-    primitives: tuple[str, ...] | None = None
-    train_portion: float = 0.5
-    arch_learning_rate: float = 3e-4
-    arch_weight_decay: float = 1e-3
-    grad_clip: float = 5.0
-    second_order: bool = False
-    hessian: str = "exact"
-    lam: float = 1.0
-    tau_max: float | None = None
-    tau_min: float | None = None
-    fix_reduction: bool = False
-    benchmark: str | None = None  # a table to look each derived cell up in (jnas.benchmark)
-    seed: int = 2
-    save: str = "runs/darts"
-    devices: int | None = None  # per process; None: all local devices
+    algorithm: str = option("darts", "the search algorithm")
+    space: str = option("darts", f"search space: {', '.join(SPACES)}")
+    relaxation: str | None = option(
+        None, "relaxation of alpha: " + ", ".join(RELAXATIONS) + " (default: the algorithm's)"
+    )
+    dataset: str = option("cifar10", "digits (bundled, no download), cifar10, cifar100 or a "
+                          ".npz path")
+    data_dir: str | None = option(None, "TFDS data_dir or folder of .npz files")
+    batch_size: int = option(64, "images per step in each half (weights', architecture's)")
+    learning_rate: float = option(0.025, "weights' SGD learning rate at the first epoch")
+    learning_rate_min: float = option(0.001, "weights' learning rate at the last epoch (cosine)")
+    momentum: float = option(0.9, "weights' SGD momentum")
+    nesterov: bool = option(False, "Nesterov momentum for the weights")
+    weight_decay: float = option(3e-4, "weights' L2 weight decay")
+    epochs: int = option(50, "search epochs")
+    init_channels: int = option(16, "channels of the first cells, C")
+    layers: int = option(8, "cells (DARTS space); reduction cells at 1/3 and 2/3 of them")
+    nodes: int = option(4, "intermediate nodes per cell (DARTS space)")
+    cells_per_stage: int = option(5, "cells per stage, N (NAS-Bench-201 space)")
+    primitives: tuple[str, ...] | None = option(
+        None, "comma-separated candidate operations (default: the space's)"
+    )
+    train_portion: float = option(0.5, "share of the training set that trains the weights; "
+                                  "the rest is the architecture's validation set")
+    arch_learning_rate: float = option(3e-4, "alpha's Adam learning rate")
+    arch_weight_decay: float = option(1e-3, "alpha's weight decay")
+    grad_clip: float = option(5.0, "weights' gradient clipping by global norm")
+    second_order: bool = option(False, "DARTS's unrolled bilevel step")
+    hessian: str = option("exact", "second order's Hessian-vector product",
+                          choices=("exact", "finite_difference"))
+    lam: float = option(1.0, "MiLeNAS's weight of the validation loss in alpha's gradient")
+    tau_max: float | None = option(None, "first-epoch temperature (default: the relaxation's)")
+    tau_min: float | None = option(None, "last-epoch temperature (default: the relaxation's)")
+    fix_reduction: bool = option(
+        False, "GDAS's fixed reduction cell (FRC): search the normal cell only"
+    )
+    benchmark: str | None = option(
+        None, "NAS-Bench-201: a NATS-Bench file or folder (pip install \"jnas[nats]\"), or a "
+        "CSV with an arch column; every epoch's derived cell is looked up in it"
+    )
+    seed: int = option(2, "random seed: initialisation, data order, samples")
+    save: str = option("runs/darts", "output folder; rerun to resume")
+    devices: int | None = option(None, "devices per process to split each batch over "
+                                 "(default: all local devices)")
 
     def __post_init__(self):
+        check_common(self)
         for name in ("batch_size", "epochs", "learning_rate"):
             if getattr(self, name) <= 0:
                 raise JnasError(f"`{name}` must be positive, got {getattr(self, name)}")

@@ -26,8 +26,7 @@ def as_float64(tree):
 def after_one_step(**config):
     """A float64 search and its state after one step (a non-zero momentum buffer, a
     moved alpha, the second epoch's learning rate), plus the next step's inputs."""
-    # Two cells, a normal and a reduction one: both cell types, the least compilation.
-    cfg = {**TINY_CONFIG, "primitives": NO_CONV, "layers": 2, "epochs": EPOCHS, **config}
+    cfg = {**TINY_CONFIG, "primitives": NO_CONV, "epochs": EPOCHS, **config}
     search = Search(SearchConfig(**cfg), 10, STEPS_PER_EPOCH)
     state = as_float64(search.init(jax.random.key(0), random_batch(0)["x"][:2]))
     state, _ = search.step(state, as_float64(random_batch(1)), as_float64(random_batch(2)),
@@ -73,6 +72,7 @@ def test_darts_second_order_step_is_darts_hypergrad_with_the_optimizer_state():
         lr = search.lr_schedule(state.step)
         cfg = search.config
 
+        @jax.jit  # one compilation for the three calls, faster than running them eagerly
         def alpha_after(lr, buf):
             _, dalpha = jnas.darts_hypergrad(
                 loss_fn, state.params, state.alpha, train, val, lr=lr, momentum=cfg.momentum,
@@ -97,6 +97,7 @@ def test_gdas_takes_the_weight_step_first():
         chex.assert_trees_all_close(new.params, params, rtol=1e-6, atol=1e-10)
         arch_loss = loss_fn_of(search, state, k_arch, 1)
 
+        @jax.jit
         def alpha_at(params):
             return adam_on(search, state, jax.grad(arch_loss, argnums=1)(params, state.alpha,
                                                                         val))
@@ -112,6 +113,7 @@ def test_milenas_step_is_adam_on_the_mixed_level_gradient():
         new, _ = search.step(state, train, val, key)
         loss_fn = loss_fn_of(search, state, jax.random.split(key)[0], 1)
 
+        @jax.jit
         def alpha_after(lam):
             _, dalpha = jnas.milenas_hypergrad(loss_fn, state.params, state.alpha, train, val,
                                                lam=lam)

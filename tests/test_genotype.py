@@ -5,8 +5,11 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.patches import FancyArrowPatch
 from PIL import Image
 
+from jnas import plotting
 from jnas.errors import JnasError
 from jnas.genotype import (
     DARTS_V1,
@@ -23,7 +26,15 @@ from jnas.genotype import (
     save_genotype,
     validate_genotype,
 )
-from jnas.plotting import darts_edge_labels, plot_alpha, plot_genotype
+from jnas.plotting import (
+    _alpha_figure,
+    _decimals,
+    _genotype_figure,
+    _overlaps,
+    darts_edge_labels,
+    plot_alpha,
+    plot_genotype,
+)
 
 OP = {name: k for k, name in enumerate(PRIMITIVES)}
 TIED_CELL = (("max_pool_3x3", 0), ("max_pool_3x3", 1)) * 4
@@ -374,12 +385,156 @@ def test_plot_genotype_rejects_invalid(tmp_path):
     assert not (tmp_path / "g.png").exists()
 
 
+PARALLEL_CELL = (("sep_conv_5x5", 0), ("dil_conv_5x5", 0)) * 4
+# Genotypes whose labels have crowded: the published cells, cells with two edges between the
+# same pair of nodes (drawn as two curves), and smaller and larger cells.
+CROWDED_GENOTYPES = {
+    "DARTS_V1": DARTS_V1,
+    "DARTS_V2": DARTS_V2,
+    "parallel_into_node_0": with_(
+        "normal", (("sep_conv_3x3", 1), ("dil_conv_5x5", 1)) + DARTS_V2.normal[2:]
+    ),
+    "parallel_in_every_node": Genotype(
+        PARALLEL_CELL,
+        (2, 3, 4, 5),
+        tuple(e for k in range(4) for e in (("sep_conv_5x5", k + 1), ("dil_conv_5x5", k + 1))),
+        (2, 3, 4, 5),
+    ),
+    "two_nodes": Genotype(
+        (("sep_conv_5x5", 0), ("dil_conv_5x5", 0), ("sep_conv_3x3", 1), ("dil_conv_3x3", 2)),
+        (2, 3),
+        (("max_pool_3x3", 1), ("avg_pool_3x3", 1), ("skip_connect", 2), ("sep_conv_5x5", 2)),
+        (2, 3),
+    ),
+    "five_nodes": Genotype(
+        (
+            ("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 0), ("sep_conv_3x3", 2),
+            ("skip_connect", 1), ("dil_conv_3x3", 3), ("sep_conv_5x5", 0), ("sep_conv_5x5", 4),
+            ("dil_conv_5x5", 5), ("avg_pool_3x3", 1),
+        ),
+        (2, 3, 4, 5, 6),
+        PARALLEL_CELL + (("sep_conv_5x5", 2), ("dil_conv_5x5", 2)),
+        (4, 5, 6),
+    ),
+}
+
+
+def label_texts(ax):
+    """The edge labels of a drawn cell, in edge order (node names have no box)."""
+    return [t for t in ax.texts if t.get_bbox_patch() is not None]
+
+
+def assert_labels_clear(fig, cells, genotype):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax, (labels, nodes), edges in zip(
+        fig.axes, cells, (genotype.normal, genotype.reduce), strict=True
+    ):
+        assert len(labels) == len(edges) and len(nodes) == len(edges) // 2 + 3
+        clashes = [
+            (edges[i][0], f"label {j}" if j < len(labels) else f"node {j - len(labels)}")
+            for i, a in enumerate(labels)
+            for j, b in enumerate(labels + nodes)
+            if j > i and _overlaps(a, b)
+        ]
+        assert not clashes, f"label boxes overlap (op, other label or node): {clashes}"
+        # The boxes are what is drawn: each bounds its label's white box as rendered, whose
+        # rounded corners fall a little inside.
+        for text, box, (op, _) in zip(label_texts(ax), labels, edges, strict=True):
+            assert text.get_text() == op
+            drawn = text.get_bbox_patch().get_window_extent(renderer)
+            (ux, uy), length, height = abs(box.direction), box.half_length, box.half_height
+            for lo, hi, center, reach in (
+                (drawn.x0, drawn.x1, box.center[0], ux * length + uy * height),
+                (drawn.y0, drawn.y1, box.center[1], uy * length + ux * height),
+            ):
+                assert center - reach - 0.5 <= lo <= center - reach + 3
+                assert center + reach - 3 <= hi <= center + reach + 0.5
+
+
+@pytest.mark.parametrize("name", sorted(CROWDED_GENOTYPES))
+def test_plot_genotype_labels_clear_each_other_and_nodes(name):
+    genotype = CROWDED_GENOTYPES[name]
+    fig, cells = _genotype_figure(genotype, title=name)
+    assert len(cells) == 2
+    assert_labels_clear(fig, cells, genotype)
+
+
+def test_plot_genotype_bends_parallel_edges_apart():
+    genotype = CROWDED_GENOTYPES["parallel_into_node_0"]
+    fig, _ = _genotype_figure(genotype)
+    arrows = [p for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch)]
+    rads = [a.get_connectionstyle().rad for a in arrows[: len(genotype.normal)]]
+    # Node 0 takes c_{k-1} twice: two arcs bent to either side, far enough to tell apart;
+    # every other edge is straight.
+    assert rads[0] > 0.05 and rads[1] < -0.05 and rads[0] - rads[1] >= 0.2
+    assert rads[2:] == [0.0] * (len(rads) - 2)
+    assert [t.get_text() for t in label_texts(fig.axes[0])][:2] == [
+        "sep_conv_3x3",
+        "dil_conv_5x5",
+    ]
+
+
+def test_plot_genotype_draws_larger_when_labels_do_not_fit(monkeypatch):
+    # Labels far too large for the first canvas: the figure is drawn again on a larger one
+    # rather than saved with a clash.
+    monkeypatch.setattr(plotting, "_TRIES", ((1.0, 24), (2.5, 24)))
+    fig, cells = _genotype_figure(DARTS_V2)
+    assert fig.get_size_inches()[1] == pytest.approx(2.5 * 4.0)
+    assert_labels_clear(fig, cells, DARTS_V2)
+    monkeypatch.setattr(plotting, "_TRIES", ((1.0, 24),))
+    _, cells = _genotype_figure(DARTS_V2)
+    assert any(plotting._clashes(*cell) for cell in cells)  # so the retry above mattered
+
+
 def test_plot_alpha_writes_png(tmp_path):
     rng = np.random.default_rng(0)
     weights = alpha_weights({c: rng.normal(size=(14, 8)) for c in ("normal", "reduce")})
     path = tmp_path / "a" / "alpha.png"
     assert plot_alpha(weights, path, PRIMITIVES, darts_edge_labels(4), title="epoch 3") == path
     assert_png(path, 800, 300)
+
+
+def spread_weights(low, high, seed=0):
+    """8 ops x 14 edges x 2 cells of weights in [low, high], both ends reached."""
+    rng = np.random.default_rng(seed)
+    w = {c: rng.uniform(low, high, size=(14, 8)) for c in ("normal", "reduce")}
+    w["normal"][3, 2], w["reduce"][9, 5] = low, high
+    return w
+
+
+def annotations(fig):
+    """The printed value of each heatmap cell, per cell type, as an (edges, ops) array."""
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    return [np.array([t.get_text() for t in ax.texts]).reshape(14, 8) for ax in heatmaps]
+
+
+@pytest.mark.parametrize(
+    "low, high, digits", [(0.1235, 0.1265, 4), (0.0, 1.0, 2), (0.1, 0.15, 3), (0.125, 0.12502, 5)]
+)
+def test_plot_alpha_prints_enough_decimals_to_tell_colors_apart(low, high, digits, tmp_path):
+    weights = spread_weights(low, high)
+    fig = _alpha_figure(weights, PRIMITIVES, darts_edge_labels(4), title="epoch 3")
+    normal, reduce = annotations(fig)
+    assert normal[3, 2] == f"{low:.{digits}f}" and reduce[9, 5] == f"{high:.{digits}f}"
+    assert normal[3, 2] != reduce[9, 5]  # the darkest and brightest cells read differently
+    assert normal[0, 0] == f"{weights['normal'][0, 0]:.{digits}f}"
+    # Every value fits inside its cell.
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:2]:
+        (x0, y0), (x1, y1) = ax.transData.transform([(-0.5, -0.5), (0.5, 0.5)])
+        for text in ax.texts:
+            extent = text.get_window_extent(renderer)
+            assert extent.width < 0.9 * abs(x1 - x0) and extent.height < 0.9 * abs(y1 - y0)
+    path = plot_alpha(weights, tmp_path / "alphas.png", PRIMITIVES, darts_edge_labels(4))
+    assert_png(path, 800, 300)
+
+
+def test_decimals_follow_the_color_range():
+    assert [_decimals(s) for s in (1.0, 0.1, 0.0999, 0.01, 0.003, 0.001, 1e-4, 0.0)] == [
+        2, 2, 3, 3, 4, 4, 5, 5
+    ]
 
 
 def test_plot_alpha_rejects_wrong_shape(tmp_path):

@@ -16,19 +16,19 @@ SOFTMAX = make_relaxation("darts", 1)
 
 
 def tiny(**kw):
-    return SearchNetwork(**{"num_classes": 3, "init_channels": 4, "layers": 2, "steps": 2,
+    return SearchNetwork(**{"num_classes": 3, "init_channels": 4, "layers": 3, "steps": 2,
                             "multiplier": 2, "primitives": SMALL_OPS, **kw})
 
 
-def init_alpha(key, layers=2, primitives=SMALL_OPS):
+def init_alpha(key, layers=3, primitives=SMALL_OPS):
     space = DartsSpace(primitives, 4, layers, 2)
     return SOFTMAX.init_alpha(key, space.alpha_shapes())
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 1), (2, 12, 10, 3)])
 def test_network_logits_and_alpha_shapes(shape):
-    net = tiny(layers=3)
-    alpha = init_alpha(jax.random.key(0), layers=3)
+    net = tiny()
+    alpha = init_alpha(jax.random.key(0))
     assert {k: v.shape for k, v in alpha.items()} == {"normal": (5, 4), "reduce": (5, 4)}
     assert float(jnp.std(alpha["normal"])) < 1e-2  # 1e-3 * N(0, 1)
     weights = SOFTMAX.op_weights(alpha)
@@ -67,11 +67,11 @@ def test_bad_alpha_and_inputs_are_clear_errors():
 
 def test_exact_hypergradient_through_the_network_matches_finite_differences():
     with jax.enable_x64(True):
-        net = tiny(layers=3)  # normal, reduce, reduce: both cell types present
+        net = tiny()  # normal, reduce, reduce
         k = jax.random.split(jax.random.key(0), 6)
         x_t, x_v = (jax.random.normal(kk, (4, 8, 8, 1), jnp.float64) for kk in k[:2])
         y_t, y_v = (jax.random.randint(kk, (4,), 0, 3) for kk in k[2:4])
-        alpha = jax.tree.map(lambda a: 0.5 * a / 1e-3, init_alpha(k[4], layers=3))
+        alpha = jax.tree.map(lambda a: 0.5 * a / 1e-3, init_alpha(k[4]))
         alpha = jax.tree.map(lambda a: a.astype(jnp.float64), alpha)
         variables = jax.tree.map(lambda a: a.astype(jnp.float64),
                                  net.init(k[5], x_t, SOFTMAX.op_weights(alpha)))

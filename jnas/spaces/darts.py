@@ -114,6 +114,13 @@ def check_fixed_reduction(steps: int, primitives) -> None:
         )
 
 
+def reduction_layers(layers: int, reductions: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The indices of the reduction cells: `reductions`, or DARTS's 1/3 and 2/3 of depth."""
+    if reductions is not None:
+        return tuple(reductions)
+    return (layers // 3, 2 * layers // 3)
+
+
 class SearchNetwork(nn.Module):
     """DARTS's search network: stem, `layers` cells, global average pool, linear classifier.
 
@@ -142,9 +149,7 @@ class SearchNetwork(nn.Module):
     stem_stride: int = 1
 
     def reduction_layers(self) -> tuple[int, ...]:
-        if self.reductions is not None:
-            return tuple(self.reductions)
-        return (self.layers // 3, 2 * self.layers // 3)
+        return reduction_layers(self.layers, self.reductions)
 
     @nn.compact
     def __call__(self, x, weights, index=None):
@@ -206,6 +211,7 @@ class DartsSpace(base.Space):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise JnasError(f"`{name}` must be a positive int, got {value!r}")
+        self.check_cell_types()
         if self.fix_reduction:
             check_fixed_reduction(self.nodes, self.primitives)
             if self.init_channels % 4:
@@ -214,6 +220,23 @@ class DartsSpace(base.Space):
                     "`init_channels`, so `init_channels` must be a multiple of 4, got "
                     f"{self.init_channels}"
                 )
+
+    def check_cell_types(self) -> None:
+        """Every searched cell type must occur in the network: a type with no cell would get
+        no gradient, and its derived cell would be initialisation noise."""
+        have = {"reduce" if i in reduction_layers(self.layers, self.reductions) else "normal"
+                for i in range(self.layers)}
+        missing = [t for t in CELL_TYPES if t not in have]
+        if not missing:
+            return
+        if self.reductions is None:
+            fix = "the smallest `layers` with both cell types is 3"
+        else:
+            fix = f"reduction cells at the indices {list(self.reductions)}"
+        raise JnasError(
+            f"`layers` {self.layers} has no {' and no '.join(missing)} cell, so its alpha "
+            f"could not be searched ({fix})"
+        )
 
     def cell_types(self):
         return ("normal",) if self.fix_reduction else CELL_TYPES
