@@ -9,14 +9,18 @@ test), `maml_mini`, `auto_maml_mini` and `tnas_mini` (84x84x3, 5 inner steps, 10
 the T-NAS network C=16, a normal and a reduction cell). Episodes are random arrays of the
 datasets' shapes (the step's cost does not depend on the pixels). Prints one JSON line per
 row, each from a fresh subprocess: init, step compile and eval compile seconds, the median
-meta-iteration, the median evaluation of one batch of tasks, peak memory.
+meta-iteration, the median evaluation of one batch of tasks, peak memory. Where torch is
+installed, a `maml_mini` run ends with the PyTorch reference of the same learner and shapes
+(`meta_torch.py`, row `maml_mini_torch`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -115,7 +119,17 @@ def main():
     small.add_argument("--ops", help="comma-separated candidate ops")
     p.add_argument("--steps", type=int, default=3, help="timed meta-iterations after compiling")
     p.add_argument("--one", choices=sorted(ROWS), help=argparse.SUPPRESS)
-    run_rows(p.parse_args(), ROWS, measure)
+    args = p.parse_args()
+    run_rows(args, ROWS, measure)
+    if not args.one and "maml_mini" in args.algos.split(",") and importlib.util.find_spec("torch"):
+        # The PyTorch reference of the same learner and shapes, in the same run.
+        sizes = {k: getattr(args, k) for k in ("meta_batch", "way", "shot", "query", "filters",
+                                               "image_size", "inner_steps", "inner_steps_test")}
+        flags = [f"--{k}={v}" for k, v in sizes.items() if v is not None]
+        flags += ["--first_order"] if args.first_order else []
+        here = os.path.dirname(os.path.abspath(__file__))
+        subprocess.run([sys.executable, os.path.join(here, "meta_torch.py"), *flags,
+                        f"--steps={args.steps}"], check=True)
 
 
 if __name__ == "__main__":

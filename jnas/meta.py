@@ -36,7 +36,7 @@ from jnas.config import check_common, option
 from jnas.episodes import FEWSHOT_DATASETS
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
-from jnas.ops import batch_norm, check_primitives
+from jnas.ops import ShiftedConv, batch_norm, check_primitives
 from jnas.relax import make_relaxation
 from jnas.sharding import ShardedStep, data_mesh, put_replicated
 from jnas.spaces import DartsSpace
@@ -144,7 +144,7 @@ class ConvLearner(nn.Module):
         for _ in range(self.blocks):
             # No bias: BN removes it, so its gradient is rounding noise, which Adam would
             # scale up to full-size steps.
-            x = nn.Conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
+            x = ShiftedConv(self.filters)(x)
             x = nn.relu(batch_norm(train=True, affine=True)(x))
             x = _max_pool_2x2(x)
         return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))

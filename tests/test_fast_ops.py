@@ -1,5 +1,6 @@
-"""The CPU formulations of the depthwise convolution and the 3x3 pools against XLA's own ops:
-values, first and second derivatives in both modes, and under vmap (float64)."""
+"""The CPU formulations of the depthwise convolution, the 3x3 pools and the shifted-matmul
+convolution against XLA's own ops: values, first and second derivatives in both modes, and
+under vmap (float64)."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 from jnas.errors import JnasError
-from jnas.ops import depthwise_conv, pool_3x3
+from jnas.ops import ShiftedConv, depthwise_conv, pool_3x3
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +152,37 @@ def test_max_pool_gives_a_tied_maximum_gradient_to_the_first_input_in_the_window
             want[max(i - 1, 0), max(j - 1, 0)] += 1
     np.testing.assert_array_equal(grad, want)
     assert float(jnp.sum(grad)) == 16.0  # the gradient is conserved, not split or duplicated
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_shifted_conv_equals_nn_conv_with_second_derivatives(k):
+    x, _ = inputs(k, size=7, channels=3)
+    pad = ((k - 1) // 2, k - 1 - (k - 1) // 2)
+    xla = nn.Conv(4, (k, k), padding=(pad, pad), use_bias=False)
+    ours = ShiftedConv(4, k)
+    params = ours.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, xla.init(
+        jax.random.key(0), x))
+
+    def loss(module):
+        # A nonlinear scalar, so that the second derivatives are not zero.
+        return lambda v, x: jnp.sum(jnp.tanh(module.apply(v, x)) ** 2)
+
+    np.testing.assert_allclose(ours.apply(params, x), xla.apply(params, x), atol=1e-12)
+    for order in (1, 2):
+        g_ours, g_xla = loss(ours), loss(xla)
+        for _ in range(order):  # the gradient in the kernel and the input, then its gradient
+            g_ours = _grad_norm(g_ours)
+            g_xla = _grad_norm(g_xla)
+        np.testing.assert_allclose(g_ours(params, x), g_xla(params, x), rtol=1e-10)
+    check_grads(lambda v, x: ours.apply(v, x), (params, x), order=2, modes=("rev",))
+
+
+def _grad_norm(f):
+    """The squared norm of f's gradient in both arguments, as a new f(v, x)."""
+
+    def g(v, x):
+        gv, gx = jax.grad(f, argnums=(0, 1))(v, x)
+        return sum(jnp.sum(t**2) for t in jax.tree.leaves((gv, gx)))
+
+    return g
