@@ -26,6 +26,24 @@ def run_rows(args: argparse.Namespace, known, measure) -> None:
         subprocess.run([sys.executable, sys.argv[0], *sys.argv[1:], "--one", algo], check=True)
 
 
+def random_tasks(config, shape) -> dict:
+    """A meta-batch of `config`'s episode shapes (a `MetaConfig`) with random images: a
+    meta-iteration's cost does not depend on the pixels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    b, way = config.meta_batch, config.way
+
+    def sets(size):
+        return (
+            rng.normal(size=(b, way * size, *shape)).astype(np.float32),
+            np.tile(np.repeat(np.arange(way), size), (b, 1)).astype(np.int32),
+        )
+
+    (sx, sy), (qx, qy) = sets(config.shot), sets(config.query)
+    return {"support_x": sx, "support_y": sy, "query_x": qx, "query_y": qy}
+
+
 def timed(fn, calls: int) -> list[float]:
     """Seconds of each of `calls` calls of `fn()`, waiting for its results."""
     import jax

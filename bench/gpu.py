@@ -6,7 +6,7 @@
 Prints one JSON line per item: the device first; then, each in a fresh subprocess with its
 own time limit, the four search steps at the paper's network and batch 64 (compile seconds,
 median step seconds, peak device memory), DARTS's and GDAS's on NAS-Bench-201's network,
-and a T-NAS meta-iteration at its defaults; then
+MAML's and T-NAS's meta-iterations at their defaults with 4 and with 32 tasks; then
 the projected wall time of each full published run from the measured steps. An item that
 fails or runs out of time prints its error and the run goes on; items whose code does not
 exist yet are listed as skipped.
@@ -31,6 +31,10 @@ SEARCH = ["--batch", "64", "--steps", "5"]
 NB201 = ["--space", "nas-bench-201"]
 SMOKE_NB201 = [*NB201, "--batch", "8", "--hw", "8", "--init_channels", "4",
                "--cells_per_stage", "1", "--steps", "1"]
+SMOKE_META = ["--steps", "1", "--meta_batch", "1", "--way", "2", "--query", "1", "--image_size",
+              "8", "--inner_steps", "1", "--inner_steps_test", "1"]
+SMOKE_TNAS = [*SMOKE_META, "--init_channels", "4", "--nodes", "1", "--ops", "none,skip_connect"]
+SMOKE_MAML = [*SMOKE_META, "--filters", "4", "--image_size", "16"]  # 4 halvings: 16 -> 1
 ITEMS = {
     "darts_2nd": ("search_step.py", "darts_2nd", SEARCH, SMOKE_SEARCH),
     "gdas": ("search_step.py", "gdas", SEARCH, SMOKE_SEARCH),
@@ -38,14 +42,13 @@ ITEMS = {
     "nb201_gdas": ("search_step.py", "gdas", [*NB201, *SEARCH], SMOKE_NB201),
     "darts_1st": ("search_step.py", "darts_1st", SEARCH, SMOKE_SEARCH),
     "milenas": ("search_step.py", "milenas", SEARCH, SMOKE_SEARCH),
-    "tnas_mini": (
-        "meta_step.py",
-        "tnas_mini",
-        ["--steps", "2"],
-        ["--steps", "1", "--meta_batch", "1", "--way", "2", "--query", "1", "--image_size",
-         "8", "--init_channels", "4", "--nodes", "1", "--ops", "none,skip_connect",
-         "--inner_steps", "1", "--inner_steps_test", "1"],
-    ),
+    "tnas_mini": ("meta_step.py", "tnas_mini", ["--steps", "2"], SMOKE_TNAS),
+    "maml_mini": ("meta_step.py", "maml_mini", ["--steps", "3"], SMOKE_MAML),
+    # 32 tasks per meta-iteration (the MAML paper's Omniglot meta-batch), all at once.
+    "maml_mini_32": ("meta_step.py", "maml_mini", ["--steps", "3", "--meta_batch", "32"],
+                     [*SMOKE_MAML, "--meta_batch", "2"]),
+    "tnas_mini_32": ("meta_step.py", "tnas_mini", ["--steps", "2", "--meta_batch", "32"],
+                     [*SMOKE_TNAS, "--meta_batch", "2"]),
 }
 # Items of the open issues, measured here once their code exists.
 PLANNED = {

@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, run_rows, timed  # noqa: E402
+from common import environment, random_tasks, run_rows, timed  # noqa: E402
 
 ROWS = {
     "maml_omniglot": dict(algo="maml", dataset="omniglot", inner_steps=1, inner_lr_w=0.4,
@@ -38,7 +38,6 @@ ROWS = {
 
 def measure(args) -> dict:
     import jax
-    import numpy as np
 
     from jnas.meta import MetaConfig, MetaLearner
     from jnas.sharding import data_mesh, put_batch
@@ -59,16 +58,7 @@ def measure(args) -> dict:
         shape = (args.image_size, args.image_size, shape[2])
     mesh = data_mesh(args.devices)
     learner = MetaLearner(config, shape, mesh)
-    rng = np.random.default_rng(0)
-
-    def sets(size):
-        return (
-            rng.normal(size=(args.meta_batch, args.way * size, *shape)).astype(np.float32),
-            np.tile(np.repeat(np.arange(args.way), size), (args.meta_batch, 1)).astype(np.int32),
-        )
-
-    (sx, sy), (qx, qy) = sets(args.shot), sets(args.query)
-    tasks = put_batch({"support_x": sx, "support_y": sy, "query_x": qx, "query_y": qy}, mesh)
+    tasks = put_batch(random_tasks(config, shape), mesh)
 
     t = time.perf_counter()
     state = learner.init(jax.random.key(0))

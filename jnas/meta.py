@@ -3,8 +3,9 @@
 One meta-iteration takes `meta_batch` N-way K-shot tasks; per task the learner adapts on the
 support set with `maml_adapt` and is scored on the query set; the meta-gradient of the mean
 query loss (`maml_meta_grad`, exact through the inner loop unless `first_order`) updates the
-meta-parameters with Adam. Tasks are batched with `jax.vmap` and split over the devices of a
-mesh, like the search steps' batches (`jnas.sharding`).
+meta-parameters with Adam. Tasks are split over the devices of a mesh, like the search steps'
+batches (`jnas.sharding`); each device takes its tasks `tasks_at_once` at a time (`jax.vmap`),
+the groups in turn (`lax.map`).
 
 - `maml` (Finn et al., 2017): the 4-block convolutional learner; only weights.
 - `auto_maml` (Lian et al., 2020): the DARTS search network; alpha is meta-learned and shared
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,9 +36,9 @@ from jnas.config import check_common, option
 from jnas.episodes import FEWSHOT_DATASETS
 from jnas.errors import JnasError
 from jnas.genotype import PRIMITIVES
-from jnas.ops import ShiftedConv, batch_norm, check_primitives
+from jnas.ops import PatchConv, batch_norm, check_primitives, max_pool
 from jnas.relax import make_relaxation
-from jnas.sharding import ShardedStep, data_mesh, put_replicated
+from jnas.sharding import ShardedStep, data_mesh, map_rows, put_replicated
 from jnas.spaces import DartsSpace
 from jnas.steps import accuracy, cross_entropy, init_variables
 from jnas.transforms import maml_adapt, maml_meta_grad
@@ -81,6 +81,9 @@ class MetaConfig:
     save: str = option("runs/tnas", "output folder; rerun to resume")
     devices: int | None = option(None, "devices per process to split the tasks over "
                                  "(default: all local devices)")
+    tasks_at_once: int | None = option(None, "tasks a device adapts together (vmapped), the "
+                                       "rest in turn; fewer hold less memory (default: 1 on "
+                                       "CPU, where it was fastest; all elsewhere)")
 
     def __post_init__(self):
         check_common(self)
@@ -90,7 +93,7 @@ class MetaConfig:
             "way", "shot", "query", "meta_batch", "iterations", "test_episodes", "filters",
             "init_channels", "layers", "nodes", "log_every", "checkpoint_every",
         )  # fmt: skip
-        for name in positive:
+        for name in positive + ("tasks_at_once",) * (self.tasks_at_once is not None):
             if getattr(self, name) <= 0:
                 raise JnasError(f"`{name}` must be positive, got {getattr(self, name)}")
         for name in ("inner_steps", "inner_steps_test"):
@@ -123,17 +126,9 @@ class MetaState(NamedTuple):
     alpha_opt_state: Any
 
 
-def _max_pool_2x2(x):
-    """2x2 max pooling, stride 2, odd edges dropped, as a reshape and a max: its gradient is
-    an elementwise mask, where `nn.max_pool`'s is XLA's select-and-scatter, which made the
-    learner's backward pass 8x its forward on XLA:CPU."""
-    _, h, w, _ = x.shape
-    return einops.reduce(x[:, : h // 2 * 2, : w // 2 * 2], "n (h 2) (w 2) c -> n h w c", "max")
-
-
 class ConvLearner(nn.Module):
-    """MAML's learner: 4 x (3x3 conv, `filters` channels -> BN -> ReLU -> 2x2 max pool) ->
-    linear. 28x28 Omniglot ends at 1x1, 84x84 Mini-ImageNet at 5x5."""
+    """MAML's learner: 4 x (3x3 conv, `filters` channels -> BN -> ReLU -> 2x2 max pool,
+    odd edges dropped) -> linear. 28x28 Omniglot ends at 1x1, 84x84 Mini-ImageNet at 5x5."""
 
     num_classes: int
     filters: int = 64
@@ -141,12 +136,18 @@ class ConvLearner(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        if min(x.shape[1:3]) < 2**self.blocks:
+            raise JnasError(
+                f"MAML's learner halves its images {self.blocks} times, so they must be at "
+                f"least {2**self.blocks}x{2**self.blocks} pixels, got {x.shape[1]}x{x.shape[2]}"
+            )
         for _ in range(self.blocks):
             # No bias: BN removes it, so its gradient is rounding noise, which Adam would
             # scale up to full-size steps.
-            x = ShiftedConv(self.filters)(x)
-            x = nn.relu(batch_norm(train=True, affine=True)(x))
-            x = _max_pool_2x2(x)
+            x = PatchConv(self.filters, 3)(x)
+            # ReLU after the pooling, on a quarter of the pixels: the same function, as both
+            # are monotone.
+            x = nn.relu(max_pool(batch_norm(train=True, affine=True)(x), 2, 2, 0))
         return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
@@ -188,6 +189,8 @@ class MetaLearner:
         self.relaxation = make_relaxation("darts", 1)
         self.w_tx = optax.adam(config.meta_lr_w)
         self.alpha_tx = optax.adam(config.meta_lr_alpha, b1=0.5, b2=0.999)
+        cpu = jax.default_backend() == "cpu"
+        self.tasks_at_once = config.tasks_at_once or (1 if cpu else config.meta_batch)
         self.step = ShardedStep(self._step, self.mesh, batch_argnums=(1,))
         self.eval_step = ShardedStep(self._eval_step, self.mesh, batch_argnums=(1,))
 
@@ -255,8 +258,12 @@ class MetaLearner:
             )
             return loss, acc, grads
 
-        losses, accs, grads = jax.vmap(task_grad, in_axes=(None, 0))(params, tasks)
+        losses, accs, grads = self.map_tasks(task_grad, params, tasks)
         return losses, accs, jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+
+    def map_tasks(self, fn, shared, tasks):
+        """`fn(shared, task)` for every task, each device its own, `tasks_at_once` at a time."""
+        return map_rows(fn, shared, tasks, self.mesh, self.tasks_at_once)
 
     def _step(self, state: MetaState, tasks):
         cfg = self.config
@@ -295,7 +302,7 @@ class MetaLearner:
     def _eval_step(self, state: MetaState, tasks):
         cfg = self.config
 
-        def score(task):
+        def score(state, task):
             support = (task["support_x"], task["support_y"])
             query = (task["query_x"], task["query_y"])
             if cfg.searches_architecture:
@@ -316,4 +323,4 @@ class MetaLearner:
             )
             return loss(w, query)
 
-        return jax.vmap(score)(tasks)
+        return self.map_tasks(score, state, tasks)

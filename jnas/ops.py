@@ -6,9 +6,9 @@ ReLU-depthwise-pointwise-BN blocks (the first carries the stride), a dilated con
 such block with dilation 2, `skip_connect` is the identity (FactorizedReduce at stride 2), and
 `none` is zeros at the output size. BatchNorm is affine-free inside the search network.
 
-Pointwise (1x1) convolutions are written as `nn.Dense` on the channel axis: the same map, and
-when edges are batched with `vmap` it becomes one batched matmul instead of a grouped
-convolution.
+Stride-1 convolutions are matmuls of each pixel's neighbourhood with the kernel (`PatchConv`;
+1x1: of the pixel): when edges or tasks are batched with `vmap` they become batched matmuls
+instead of grouped convolutions.
 
 The depthwise convolutions (on CPU, and on GPU when dilated) and max pooling run as shifted
 views of the padded input with their own derivative rules (`depthwise_conv`, `pool_3x3`):
@@ -45,15 +45,19 @@ def _output_size(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-class ShiftedConv(nn.Module):
-    """Stride-1 k x k convolution without bias, zero padding (k - 1) // 2, as the sum of the
-    k*k matmuls of shifted views with the kernel's taps. Under `vmap` with a kernel per task
-    (MAML's adapted weights) these are batched matmuls, where XLA's convolution becomes a
-    grouped one: MAML's 84x84 meta-iteration took 5x less time on XLA:CPU (bench/README.md).
-    Same parameter (`kernel`, HWIO) and initialiser as `nn.Conv`."""
+class PatchConv(nn.Module):
+    """Stride-1 k x k convolution, zero padding (k - 1) // 2 (k // 2 for odd k), as one
+    matmul of every pixel's k x k neighbourhood (`_patches`; 1x1: the pixel) with the
+    flattened kernel. Same parameters (`kernel`, HWIO; `bias`) and initialisers as `nn.Conv`.
+
+    XLA:CPU differentiates its own convolution slowly where it matters here: inside a `scan`
+    (NAS-Bench-201's cells), and under `vmap` with a kernel per task (MAML's adapted weights),
+    where it becomes a grouped convolution; this form is batched matmuls there (bench/README.md).
+    """
 
     features: int
-    kernel_size: int = 3
+    kernel_size: int = 1
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -61,10 +65,10 @@ class ShiftedConv(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
         )
-        p = (k - 1) // 2
-        xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
-        h, w = x.shape[1:3]
-        return sum(xp[:, i : i + h, j : j + w] @ kernel[i, j] for i in range(k) for j in range(k))
+        y = _patches(x, k) @ kernel.reshape(-1, self.features)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return y
 
 
 class ReLUConvBN(nn.Module):
@@ -85,10 +89,7 @@ class ReLUConvBN(nn.Module):
     def __call__(self, x):
         x = nn.relu(x)
         if self.stride == 1:
-            # The convolution as one matmul over the k x k shifted views (1x1: x itself).
-            # XLA:CPU differentiates a convolution inside a `scan` (the NAS-Bench-201 cells)
-            # about 30x slower than outside; this form 15x faster than that (bench/README.md).
-            x = nn.Dense(self.features, use_bias=self.use_bias)(_patches(x, self.kernel_size))
+            x = PatchConv(self.features, self.kernel_size, self.use_bias)(x)
         else:
             pad = (self.kernel_size - 1) // 2
             x = nn.Conv(
@@ -238,7 +239,7 @@ class DilConv(nn.Module):
             use_bias=False,
             conv_general_dilated=depthwise_conv,
         )(x)
-        x = nn.Dense(self.features, use_bias=False)(x)
+        x = PatchConv(self.features)(x)
         return batch_norm(self.train, self.affine)(x)
 
 
@@ -273,51 +274,58 @@ class FactorizedReduce(nn.Module):
         # on both paths; for even sizes the pad is never sampled (the official behaviour).
         shifted = jnp.pad(x[:, 1:, 1:], ((0, 0), (0, 1), (0, 1), (0, 0)))
         half = self.features // 2
-        a = nn.Dense(half, use_bias=False)(x[:, ::2, ::2])
-        b = nn.Dense(half, use_bias=False)(shifted[:, ::2, ::2])
+        a = PatchConv(half)(x[:, ::2, ::2])
+        b = PatchConv(half)(shifted[:, ::2, ::2])
         return batch_norm(self.train, self.affine)(jnp.concatenate([a, b], axis=-1))
 
 
-def _windows(x, stride, fill):
-    """The 9 shifted, strided views of `x` padded by one `fill` pixel that 3x3 pooling reads."""
+def _windows(x, size, stride, pad, fill):
+    """The size x size shifted, strided views of `x` padded by `pad` `fill` pixels that
+    pooling reads; edges that no whole window covers are dropped."""
     n, h, w, c = x.shape
-    xp = _padded(x, ((1, 1), (1, 1)), fill)
-    shape = (n, _output_size(h, stride), _output_size(w, stride), c)
-    return [_tap(xp, i, j, shape, (stride, stride), (1, 1)) for i in range(3) for j in range(3)]
+    xp = _padded(x, ((pad, pad), (pad, pad)), fill) if pad else x
+    shape = (n, (h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1, c)
+    return [
+        _tap(xp, i, j, shape, (stride, stride), (1, 1)) for i in range(size) for j in range(size)
+    ]
 
 
 def pool_3x3(x, kind: str, stride: int):
     """3x3 max or average pooling with padding 1 (the average excludes the padding).
 
-    Max pooling is written as elementwise maxima of shifted views with its own gradient rule
-    (`_max_pool_3x3`): `nn.max_pool`'s gradient is XLA's select-and-scatter, which XLA:CPU
-    runs 3x slower. For the average, `nn.avg_pool` measured faster than the same rewrite.
+    Max pooling is `max_pool`. For the average, `nn.avg_pool` measured faster than the same
+    rewrite.
     """
     if kind == "max":
-        return _max_pool_3x3(x, stride)
+        return max_pool(x, 3, stride, 1)
     pad = ((1, 1), (1, 1))
     return nn.avg_pool(x, (3, 3), (stride, stride), pad, count_include_pad=False)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _max_pool_3x3(x, stride):
-    return functools.reduce(jnp.maximum, _windows(x, stride, -jnp.inf))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def max_pool(x, size: int, stride: int, pad: int):
+    """size x size max pooling of NHWC `x`, padded by `pad` pixels of -inf.
+
+    Elementwise maxima of shifted views, with its own gradient rule: `nn.max_pool`'s gradient
+    is XLA's select-and-scatter, which XLA:CPU runs 3x slower; a max over a reshaped window
+    axis makes XLA:CPU count every window's ties for the gradient (bench/README.md)."""
+    return functools.reduce(jnp.maximum, _windows(x, size, stride, pad, -jnp.inf))
 
 
-@_max_pool_3x3.defjvp
-def _max_pool_3x3_jvp(stride, primals, tangents):
+@max_pool.defjvp
+def _max_pool_jvp(size, stride, pad, primals, tangents):
     """Each output's tangent is its first maximal input's, in window order, as in PyTorch's
     max pooling gradient. The winning tap is found once, as a small integer array, so that
     the gradient (its transpose) reads one index per window instead of redoing the search."""
     (x,), (dx,) = primals, tangents
-    windows = _windows(x, stride, -jnp.inf)
+    windows = _windows(x, size, stride, pad, -jnp.inf)
     out = functools.reduce(jnp.maximum, windows)
     first = jnp.full(out.shape, len(windows) - 1, jnp.int8)
     for t in reversed(range(len(windows) - 1)):
         first = jnp.where(windows[t] == out, jnp.int8(t), first)
     tangent = sum(
         jnp.where(first == t, window, 0.0)
-        for t, window in enumerate(_windows(dx, stride, 0.0))
+        for t, window in enumerate(_windows(dx, size, stride, pad, 0.0))
     )
     return out, tangent
 

@@ -86,6 +86,29 @@ class ShardedStep:
         return self._jitted.lower(*args)
 
 
+def map_rows(fn, shared, rows, mesh: Mesh, at_once: int):
+    """`jax.vmap(fn, in_axes=(None, 0))(shared, rows)`, `rows` split over the mesh's data
+    axis: each device applies `fn` to its own rows, `at_once` of them together (vmapped) and
+    the groups one after another (`lax.map`). Fewer at once hold fewer activations in memory;
+    which is faster depends on the backend (MAML's tasks: bench/README.md). `fn` must take
+    what it shares with every row from `shared`, not from a closure."""
+
+    def local(shared, rows):
+        n = jax.tree.leaves(rows)[0].shape[0]
+        if at_once >= n:
+            return jax.vmap(fn, in_axes=(None, 0))(shared, rows)
+        # batch_size=1 would vmap `fn` over groups of one: plain `lax.map` is its own program.
+        batch_size = at_once if at_once > 1 else None
+        return jax.lax.map(lambda row: fn(shared, row), rows, batch_size=batch_size)
+
+    split = PartitionSpec(DATA_AXIS)
+    # Without the replication check: with it, a gradient that `fn` takes in `shared` (MAML's
+    # inner loop, in the meta-parameters) would be summed over the devices.
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split, check_vma=False
+    )(shared, rows)
+
+
 def assert_traced_once(*steps: ShardedStep) -> None:
     """Fail loudly if a step was traced (and so compiled) more than once."""
     for step in steps:

@@ -1,6 +1,6 @@
-"""The CPU formulations of the depthwise convolution, the 3x3 pools and the shifted-matmul
-convolution against XLA's own ops: values, first and second derivatives in both modes, and
-under vmap (float64)."""
+"""The CPU formulations of the depthwise convolution, the max pools (3x3, and MAML's 2x2) and
+the patch convolution against XLA's and Flax's own ops: values, first and second derivatives
+in both modes, and under vmap (float64)."""
 
 import flax.linen as nn
 import jax
@@ -11,7 +11,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 from jnas.errors import JnasError
-from jnas.ops import ShiftedConv, depthwise_conv, pool_3x3
+from jnas.ops import PatchConv, depthwise_conv, max_pool, pool_3x3
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +141,30 @@ def test_pools_equal_flax_pooling_with_gradients(kind, stride, size):
         check_grads(lambda x: pool_3x3(x, kind, stride), (x,), order=2, modes=("fwd", "rev"))
 
 
+@pytest.mark.parametrize("size", [8, 9])
+def test_maml_2x2_max_pool_equals_flax_and_commutes_with_relu(size):
+    x, _ = inputs(2, size)  # continuous values: no tied maxima
+
+    def jnas_2x2(x):
+        return max_pool(x, 2, 2, 0)
+
+    def flax_2x2(x):
+        return nn.max_pool(x, (2, 2), (2, 2))
+
+    assert jnas_2x2(x).shape == (2, size // 2, size // 2, 3)  # an odd last row and column dropped
+    np.testing.assert_allclose(jnas_2x2(x), flax_2x2(x), atol=1e-12)
+    weights = jnp.arange(jnas_2x2(x).size).reshape(jnas_2x2(x).shape)
+    pools = (jnas_2x2, flax_2x2)
+    for pool in pools:  # ReLU after the pooling, as in the learner, equals ReLU before
+        np.testing.assert_allclose(jax.nn.relu(pool(x)), pool(jax.nn.relu(x)), atol=1e-12)
+    grads = [jax.grad(lambda x, p=p: jnp.sum(jnp.sin(p(x)) * weights))(x) for p in pools]
+    np.testing.assert_allclose(*grads, atol=1e-12)
+    tangent = inputs(5, size)[0]
+    np.testing.assert_allclose(
+        jax.jvp(jnas_2x2, (x,), (tangent,))[1], jax.jvp(flax_2x2, (x,), (tangent,))[1], atol=1e-12
+    )
+
+
 def test_max_pool_gives_a_tied_maximum_gradient_to_the_first_input_in_the_window():
     x = jnp.ones((1, 4, 4, 1))
     grad = jax.grad(lambda x: jnp.sum(pool_3x3(x, "max", 1)))(x)[0, :, :, 0]
@@ -154,13 +178,15 @@ def test_max_pool_gives_a_tied_maximum_gradient_to_the_first_input_in_the_window
     assert float(jnp.sum(grad)) == 16.0  # the gradient is conserved, not split or duplicated
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
-def test_shifted_conv_equals_nn_conv_with_second_derivatives(k):
+@pytest.mark.parametrize("k,bias", [(1, True), (3, False), (5, False)])
+def test_patch_conv_equals_nn_conv_with_second_derivatives(k, bias):
     x, _ = inputs(k, size=7, channels=3)
     pad = ((k - 1) // 2, k - 1 - (k - 1) // 2)
-    xla = nn.Conv(4, (k, k), padding=(pad, pad), use_bias=False)
-    ours = ShiftedConv(4, k)
+    xla = nn.Conv(4, (k, k), padding=(pad, pad), use_bias=bias)
+    ours = PatchConv(4, k, use_bias=bias)
     params = ours.init(jax.random.key(0), x)
+    if bias:  # a nonzero bias, so that a wrong one shows
+        params = jax.tree.map(lambda p: p + 0.1, params)
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, xla.init(
         jax.random.key(0), x))
 
@@ -175,7 +201,7 @@ def test_shifted_conv_equals_nn_conv_with_second_derivatives(k):
             g_ours = _grad_norm(g_ours)
             g_xla = _grad_norm(g_xla)
         np.testing.assert_allclose(g_ours(params, x), g_xla(params, x), rtol=1e-10)
-    check_grads(lambda v, x: ours.apply(v, x), (params, x), order=2, modes=("rev",))
+    check_grads(lambda v, x: ours.apply(v, x), (params, x), order=2, modes=("fwd", "rev"))
 
 
 def _grad_norm(f):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jnas.errors import JnasError
 from jnas.genotype import derive_genotype, genotype_from_dict, load_genotype
 from jnas.meta import MetaConfig, MetaLearner
 from jnas.sharding import data_mesh, put_batch
@@ -174,10 +175,20 @@ def test_auto_maml_adapts_weights_only_and_tnas_adapts_alpha(tiny_learner, algo)
     assert (moved > 0) == (algo == "tnas")
 
 
-def test_step_on_four_devices_equals_one_device():
-    config = MetaConfig(algo="maml", way=3, inner_steps=1, filters=4, meta_batch=4)
+def test_images_too_small_for_the_learner_are_refused():
+    learner = MetaLearner(MetaConfig(algo="maml"), (8, 8, 1))
+    with pytest.raises(JnasError, match="at least 16x16 pixels, got 8x8"):
+        learner.init(jax.random.key(0))
+
+
+def test_step_on_four_devices_equals_one_device_and_any_tasks_at_once():
     results = []
-    for devices in (1, 4):
+    # One device takes its 4 tasks in turn on CPU (`lax.map`), then 3 vmapped and 1; four
+    # devices take one each.
+    for devices, at_once in ((1, None), (1, 3), (4, None)):
+        config = MetaConfig(
+            algo="maml", way=3, inner_steps=1, filters=4, meta_batch=4, tasks_at_once=at_once
+        )
         learner = MetaLearner(config, (28, 28, 1), data_mesh(devices))
         state = learner.init(jax.random.key(0))
         for i in range(2):
@@ -264,6 +275,7 @@ def test_bad_settings_are_refused(fake_omniglot, tmp_path, capsys):
         (["--iterations", "2", "--way", "40"], "--way 40"),
         (["--iterations", "2", "--meta_batch", "3", "--devices", "2"], "--meta_batch 3"),
         (["--iterations", "0"], "--iterations must be positive"),
+        (["--iterations", "2", "--tasks_at_once", "0"], "--tasks_at_once must be positive"),
     ]
     for extra, message in cases:
         args = tnas_args(fake_omniglot, tmp_path / "bad", "maml", *extra)

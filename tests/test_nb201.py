@@ -74,11 +74,11 @@ def test_nor_conv_is_relu_conv_bn_with_bias_exactly_when_bn_is_affine_free(k, af
     x = images(0)
     op = make_op(f"nor_conv_{k}x{k}", C, 1, affine=affine, train=True)
     variables = random_variables(op, x)
-    conv = variables["params"]["Dense_0"]  # a k x k convolution as a matmul over k x k views
+    conv = variables["params"]["PatchConv_0"]
     assert ("bias" in conv) == (not affine)
     assert ("BatchNorm_0" in variables["params"]) == affine
     # ReLU -> conv (padding k // 2) -> BN, computed by hand in train mode.
-    kernel = conv["kernel"].reshape(k, k, C, C)
+    kernel = conv["kernel"]
     y = jax.lax.conv_general_dilated(
         jax.nn.relu(x), kernel, (1, 1), [(k // 2, k // 2)] * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -232,14 +232,14 @@ def test_resnet_block_shortcut_is_avg_pool_then_1x1_conv():
     x = images(10)
     variables = random_variables(block, x)
     assert jax.tree.map(lambda a: a.shape, variables["params"]["downsample"]) == {
-        "kernel": (C, 8)
+        "kernel": (1, 1, C, 8)
     }
     out, _ = block.apply(variables, x, mutable=["batch_stats"])
     p = variables["params"]
     y = ReLUConvBN(8, 3, 2, True).apply({"params": p["conv_a"]}, x, mutable=["batch_stats"])[0]
     y = ReLUConvBN(8, 3, 1, True).apply({"params": p["conv_b"]}, y, mutable=["batch_stats"])[0]
     pooled = x.reshape(2, 4, 2, 4, 2, C).mean((2, 4))
-    want = pooled @ p["downsample"]["kernel"] + y
+    want = pooled @ p["downsample"]["kernel"][0, 0] + y
     chex.assert_trees_all_close(out, want, atol=1e-5, rtol=1e-5)
 
 

@@ -69,8 +69,8 @@ def test_sep_conv_is_two_depthwise_pointwise_blocks_with_the_stride_first():
     params = op.init(jax.random.key(0), x)["params"]
     shapes = jax.tree.map(lambda p: p.shape, params)
     assert shapes == {
-        "DilConv_0": {"Conv_0": {"kernel": (5, 5, 1, 4)}, "Dense_0": {"kernel": (4, 4)}},
-        "DilConv_1": {"Conv_0": {"kernel": (5, 5, 1, 4)}, "Dense_0": {"kernel": (4, 4)}},
+        "DilConv_0": {"Conv_0": {"kernel": (5, 5, 1, 4)}, "PatchConv_0": {"kernel": (1, 1, 4, 4)}},
+        "DilConv_1": {"Conv_0": {"kernel": (5, 5, 1, 4)}, "PatchConv_0": {"kernel": (1, 1, 4, 4)}},
     }
     assert op.apply(op.init(jax.random.key(0), x), x, mutable=["batch_stats"])[0].shape[1] == 4
 

@@ -23,7 +23,15 @@ from jnas.genotype import (
     genotype_to_dict,
     validate_genotype,
 )
-from jnas.ops import FactorizedReduce, MixedOp, ReLUConvBN, batch_norm, check_primitives, pool_3x3
+from jnas.ops import (
+    FactorizedReduce,
+    MixedOp,
+    PatchConv,
+    ReLUConvBN,
+    batch_norm,
+    check_primitives,
+    pool_3x3,
+)
 from jnas.plotting import darts_edge_labels, plot_genotype
 from jnas.spaces import base, dag
 
@@ -96,7 +104,7 @@ class FixedReductionCell(nn.Module):
             x = nn.Conv(c, (3, 1), (2, 1), ((1, 1), (0, 0)), feature_group_count=8,
                         use_bias=False)(x)
             x = nn.relu(batch_norm(self.train, affine=False)(x))
-            return batch_norm(self.train, affine=False)(nn.Dense(c, use_bias=False)(x))
+            return batch_norm(self.train, affine=False)(PatchConv(c)(x))
 
         def pool(x):
             return batch_norm(self.train, affine=False)(pool_3x3(x, "max", 2))

@@ -24,8 +24,6 @@ Where this differs from the official code (xautodl at commit f46486e):
   which uses batch statistics in evaluation too.
 - A mixed op skips its 'none' op, which adds exact zeros (the official one computes
   `Zero(x) * w`): the same value, and the same gradient for alpha.
-- The ResNet block's shortcut is AvgPool 2x2 then a 1x1 convolution as in the official code,
-  but the 1x1 convolution is written as `nn.Dense` on the channel axis (the same map).
 - Images must have a height and width divisible by 4: the official block would fail on odd
   sizes too (its two branches would then differ in size).
 """
@@ -42,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnas.errors import JnasError
-from jnas.ops import MixedOp, ReLUConvBN, batch_norm, check_primitives
+from jnas.ops import MixedOp, PatchConv, ReLUConvBN, batch_norm, check_primitives
 from jnas.spaces import base, dag
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -195,7 +193,7 @@ class ResNetBlock(nn.Module):
         y = ReLUConvBN(self.features, 3, 1, True, self.train, name="conv_b")(y)
         if self.stride == 2:
             x = nn.avg_pool(x, (2, 2), (2, 2), "VALID")
-            x = nn.Dense(self.features, use_bias=False, name="downsample")(x)
+            x = PatchConv(self.features, name="downsample")(x)
         elif x.shape[-1] != self.features:
             x = ReLUConvBN(self.features, 1, 1, True, self.train, name="downsample")(x)
         return x + y
