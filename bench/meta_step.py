@@ -85,6 +85,7 @@ def measure(args) -> dict:
                                            "first_order", "init_channels", "nodes")},
         "image": list(shape),
         "devices": mesh.size,
+        "tasks_at_once": learner.tasks_at_once,
         "init_s": round(init_s, 2),
         "compile_s": round(compile_s, 2),
         "eval_compile_s": round(eval_compile_s, 2),
