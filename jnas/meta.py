@@ -93,7 +93,9 @@ class MetaConfig:
             "way", "shot", "query", "meta_batch", "iterations", "test_episodes", "filters",
             "init_channels", "layers", "nodes", "log_every", "checkpoint_every",
         )  # fmt: skip
-        for name in positive + ("tasks_at_once",) * (self.tasks_at_once is not None):
+        if self.tasks_at_once is not None:
+            positive += ("tasks_at_once",)
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise JnasError(f"`{name}` must be positive, got {getattr(self, name)}")
         for name in ("inner_steps", "inner_steps_test"):
