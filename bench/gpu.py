@@ -6,10 +6,10 @@
 Prints one JSON line per item: the device first; then, each in a fresh subprocess with its
 own time limit, the four search steps at the paper's network and batch 64 (compile seconds,
 median step seconds, peak device memory), DARTS's and GDAS's on NAS-Bench-201's network,
-MAML's and T-NAS's meta-iterations at their defaults with 4 and with 32 tasks; then
-the projected wall time of each full published run from the measured steps. An item that
-fails or runs out of time prints its error and the run goes on; items whose code does not
-exist yet are listed as skipped.
+MAML's and T-NAS's meta-iterations at their defaults with 4 and with 32 tasks, the
+evaluation training step by DARTS's protocol in float32 and bfloat16; then the projected wall
+time of each full published run from the measured steps. An item that fails or runs out of
+time prints its error and the run goes on.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ SMOKE_META = ["--steps", "1", "--meta_batch", "1", "--way", "2", "--query", "1",
               "8", "--inner_steps", "1", "--inner_steps_test", "1"]
 SMOKE_TNAS = [*SMOKE_META, "--init_channels", "4", "--nodes", "1", "--ops", "none,skip_connect"]
 SMOKE_MAML = [*SMOKE_META, "--filters", "4", "--image_size", "16"]  # 4 halvings: 16 -> 1
+SMOKE_TRAIN = ["--init_channels", "4", "--layers", "3", "--batch_size", "8", "--steps", "1"]
 ITEMS = {
     "darts_2nd": ("search_step.py", "darts_2nd", SEARCH, SMOKE_SEARCH),
     "gdas": ("search_step.py", "gdas", SEARCH, SMOKE_SEARCH),
@@ -49,11 +50,10 @@ ITEMS = {
                      [*SMOKE_MAML, "--meta_batch", "2"]),
     "tnas_mini_32": ("meta_step.py", "tnas_mini", ["--steps", "2", "--meta_batch", "32"],
                      [*SMOKE_TNAS, "--meta_batch", "2"]),
-}
-# Items of the open issues, measured here once their code exists.
-PLANNED = {
-    "train_darts_f32": "experiments/train.py (issue: evaluate)",
-    "train_darts_bf16": "experiments/train.py (issue: evaluate)",
+    # experiments/train.py's step by DARTS's protocol (DARTS_V2, C=36, 20 cells, batch 96).
+    "train_darts_f32": ("train_step.py", "DARTS_V2", ["--steps", "5"], SMOKE_TRAIN),
+    "train_darts_bf16": ("train_step.py", "DARTS_V2", ["--steps", "5", "--dtype", "bfloat16"],
+                         [*SMOKE_TRAIN, "--dtype", "bfloat16"]),
 }
 # Full published runs: (item whose step it repeats, epochs, steps per epoch). A CIFAR-10
 # search trains on half of the 50,000 training images at batch 64, the last partial batch
@@ -63,6 +63,9 @@ PROJECTIONS = {
     "gdas_search_240_epochs": ("gdas", 240, 25_000 // 64),
     "nb201_darts_search_50_epochs": ("nb201_darts_1st", 50, 25_000 // 64),
     "nb201_gdas_search_250_epochs": ("nb201_gdas", 250, 25_000 // 64),
+    # DARTS's evaluation: all 50,000 training images at batch 96, 600 epochs.
+    "darts_v2_train_600_epochs": ("train_darts_f32", 600, 50_000 // 96),
+    "darts_v2_train_600_epochs_bf16": ("train_darts_bf16", 600, 50_000 // 96),
 }
 
 
@@ -120,8 +123,6 @@ def main() -> int:
             continue
         results[name] = run_item(name, args.smoke, left)
         emit(results[name])
-    for name, why in PLANNED.items():
-        emit({"item": name, "skipped": f"not built yet: {why}"})
     for name, (item, epochs, per_epoch) in PROJECTIONS.items():
         step = results.get(item, {}).get("step_s_median")
         if step is None:

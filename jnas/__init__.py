@@ -7,6 +7,7 @@ The search algorithms are pure transforms over `loss_fn(w, alpha, batch)` and an
 """
 
 from jnas.errors import JnasError
+from jnas.evaluation import count_params
 from jnas.genotype import (
     DARTS_V1,
     DARTS_V2,
@@ -35,6 +36,7 @@ __all__ = [
     "JnasError",
     "SearchCell",
     "SearchNetwork",
+    "count_params",
     "darts_hypergrad",
     "derive_genotype",
     "gumbel_softmax",

@@ -18,12 +18,14 @@ import jax
 
 from jnas.algorithms import ALGORITHMS, algorithm
 from jnas.errors import JnasError
+from jnas.evaluation import TrainConfig, run_train
 from jnas.io import WRITING
 from jnas.meta import MetaConfig
 from jnas.meta_runner import run_meta
 from jnas.runner import run_search
 from jnas.search import SearchConfig
 from jnas.sharding import initialize_distributed
+from jnas.spaces import SPACES
 
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla")
 
@@ -137,9 +139,7 @@ def search_config(algorithm_name: str, doc: str, argv=None, extra=None):
     """(SearchConfig, script flags) of a search script's command line: `--space` (and the
     algorithm) choose the defaults, the other flags override them. `extra(parser)` adds
     script-only flags."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--space", default="darts")
-    space = pre.parse_known_args(argv)[0].space
+    space = _first_pass(argv, "--space", "darts")
     defaults = SearchConfig.published(algorithm_name, space, save=f"runs/{algorithm_name}")
     parser = search_parser(doc, defaults)
     if extra is not None:
@@ -149,13 +149,8 @@ def search_config(algorithm_name: str, doc: str, argv=None, extra=None):
 
 def search_main(algorithm_name: str, doc: str, argv=None, extra=None) -> int:
     """A search script's main; 2 on a JnasError."""
-
-    def run(argv):
-        config, flags = search_config(algorithm_name, doc, argv, extra)
-        _start(flags)
-        run_search(config, progress=not flags["no_progress"])
-
-    return _run(run, argv, SearchConfig)
+    return _main(lambda argv: search_config(algorithm_name, doc, argv, extra), run_search,
+                 SearchConfig, argv)
 
 
 def meta_config(doc: str, argv=None):
@@ -165,13 +160,38 @@ def meta_config(doc: str, argv=None):
 
 def meta_main(doc: str, argv=None) -> int:
     """experiments/tnas.py's main; 2 on a JnasError."""
+    return _main(lambda argv: meta_config(doc, argv), run_meta, MetaConfig, argv)
+
+
+def train_config(doc: str, argv=None):
+    """(TrainConfig, script flags) of experiments/train.py's command line: `--protocol`
+    chooses the defaults, the other flags override them."""
+    protocol = _first_pass(argv, "--protocol", "darts", choices=tuple(SPACES))
+    defaults = TrainConfig.published(protocol, save="runs/train")
+    return _config(TrainConfig, config_parser(doc, defaults), argv)
+
+
+def train_main(doc: str, argv=None) -> int:
+    """experiments/train.py's main; 2 on a JnasError."""
+    return _main(lambda argv: train_config(doc, argv), run_train, TrainConfig, argv)
+
+
+def _first_pass(argv, flag: str, default: str, choices=None) -> str:
+    """The value of `flag`, read before the other flags, whose defaults it chooses."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument(flag, default=default, choices=choices)
+    return getattr(pre.parse_known_args(argv)[0], flag.lstrip("-"))
+
+
+def _main(config_of, run_config, config_class, argv) -> int:
+    """A script's main: `config_of(argv)` -> (config, script flags), then `run_config`."""
 
     def run(argv):
-        config, flags = meta_config(doc, argv)
+        config, flags = config_of(argv)
         _start(flags)
-        run_meta(config, progress=not flags["no_progress"])
+        run_config(config, progress=not flags["no_progress"])
 
-    return _run(run, argv, MetaConfig)
+    return _run(run, argv, config_class)
 
 
 def _config(config_class, parser, argv, **fixed):

@@ -37,3 +37,16 @@ def check_common(config) -> None:
             f"`save` {save!r} is a file, not a folder: pass a folder (a new one starts a run, "
             "the folder of a run resumes it)"
         )
+
+
+def check_sgd(config) -> None:
+    """The SGD settings that searches and evaluation training share: positive `batch_size`,
+    `epochs` and `learning_rate`, `learning_rate_min` in [0, `learning_rate`], `grad_clip` >= 0
+    (0: no clipping)."""
+    for name in ("batch_size", "epochs", "learning_rate"):
+        if getattr(config, name) <= 0:
+            raise JnasError(f"`{name}` must be positive, got {getattr(config, name)}")
+    if not 0 <= config.learning_rate_min <= config.learning_rate:
+        raise JnasError("`learning_rate_min` must lie in [0, `learning_rate`]")
+    if config.grad_clip < 0:
+        raise JnasError(f"`grad_clip` must be >= 0 (0: no clipping), got {config.grad_clip}")

@@ -406,4 +406,55 @@ DARTS_V2 = Genotype(
     reduce_concat=(2, 3, 4, 5),
 )
 
-GENOTYPES = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2}
+# GDAS's published cells (Dong & Yang, 2019; AutoDL-Projects at f7a38d9,
+# others/GDAS/lib/nas/genotypes.py L182-195): V1 searched both cells; F1 searched the normal
+# cell with the fixed reduction cell (FRC: an empty reduction cell here), the paper's 2.82 %.
+GDAS_V1 = Genotype(
+    normal=(
+        ("skip_connect", 0),
+        ("skip_connect", 1),
+        ("skip_connect", 0),
+        ("sep_conv_5x5", 2),
+        ("sep_conv_3x3", 3),
+        ("skip_connect", 0),
+        ("sep_conv_5x5", 4),
+        ("sep_conv_3x3", 3),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("sep_conv_5x5", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_5x5", 2),
+        ("sep_conv_5x5", 1),
+        ("dil_conv_5x5", 2),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_5x5", 0),
+        ("sep_conv_5x5", 1),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)
+
+GDAS_F1 = Genotype(
+    normal=(
+        ("skip_connect", 0),
+        ("skip_connect", 1),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 2),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 2),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 2),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(),
+    reduce_concat=(),
+)
+
+GENOTYPES = {
+    "DARTS_V1": DARTS_V1,
+    "DARTS_V2": DARTS_V2,
+    "DARTS": DARTS_V2,
+    "GDAS_V1": GDAS_V1,
+    "GDAS_F1": GDAS_F1,
+    "GDAS": GDAS_F1,
+}

@@ -144,6 +144,12 @@ def read_metrics(path: str, up_to: int, key: str) -> list[dict]:
     return [r for r in rows if r[key] <= up_to]
 
 
+def summary_line(row: dict, unit: str, keys) -> str:
+    """`epoch 3: train_loss 0.1234 ... (12.3 s)`: a unit's metrics `keys` and its seconds."""
+    values = " ".join(f"{k} {row[k]:.4f}" for k in keys)
+    return f"{unit} {row[unit]}: {values} ({row['seconds']:.1f} s)"
+
+
 def stack_metrics(metrics: list[dict]) -> dict:
     """Per-step metric dicts -> one dict of stacked arrays (one host transfer)."""
     return jax.tree.map(lambda *xs: np.stack(xs), *metrics)

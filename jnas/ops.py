@@ -330,6 +330,16 @@ def _max_pool_jvp(size, stride, pad, primals, tangents):
     return out, tangent
 
 
+def drop_path(x, prob, key):
+    """Zero each example of `x` with probability `prob` (a traced scalar in [0, 1)) and scale
+    the others by 1 / (1 - prob), so that E[drop_path(x)] = x: DARTS's drop path (cnn/utils.py),
+    one Bernoulli draw per example."""
+    keep = 1.0 - prob
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    # Cast, so that a float32 `prob` does not promote bfloat16 activations.
+    return x * (mask / keep).astype(x.dtype)
+
+
 class Pool(nn.Module):
     """3x3 max or average pooling (the average excludes the padding)."""
 

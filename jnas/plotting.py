@@ -382,17 +382,23 @@ def plot_curves(
     rows: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
     x: str,
-    ys: Sequence[str],
+    ys: Sequence[str | Sequence[str]],
     title: str | None = None,
 ) -> Path:
-    """Line plots of the metrics `ys` against `x` over logged rows, one panel each, into a PNG."""
+    """Line plots of logged metrics against `x`, one panel per entry of `ys`: a metric, or a
+    tuple of metrics drawn together with a legend (train and test), into a PNG."""
     fig = Figure(figsize=(4.2 * len(ys), 3.2), dpi=110, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(ys)))
     xs = [r[x] for r in rows]
-    for ax, y in zip(axes, ys, strict=True):
-        ax.plot(xs, [r[y] for r in rows], marker="." if len(rows) < 50 else None)
+    for ax, panel in zip(axes, ys, strict=True):
+        keys = (panel,) if isinstance(panel, str) else tuple(panel)
+        for key in keys:
+            ax.plot(xs, [r[key] for r in rows], marker="." if len(rows) < 50 else None,
+                    label=key)
+        if len(keys) > 1:
+            ax.legend()
         ax.set_xlabel(x)
-        ax.set_title(y)
+        ax.set_title(" / ".join(keys))
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

@@ -35,12 +35,13 @@ RESULT_FILES = ("genotype.json, genotype.png, alphas.npz, alphas.png, metrics.js
                 "config.json, checkpoints/ (the newest two)")
 
 
-def evaluate(search: Search, state, dataset, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy over a whole split, BatchNorm in inference mode."""
+def evaluate(eval_step, mesh, state, dataset, batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy over a whole split from `eval_step(state, batch)`'s sums
+    (loss, correct, count) over the real rows of padded batches; BatchNorm in inference mode."""
     totals = np.zeros(3)
-    mine = local_rows(search.mesh, batch_size)
+    mine = local_rows(mesh, batch_size)
     for batch in jdata.eval_batches(dataset, batch_size, mine):
-        sums = search.eval_step(state, put_batch(batch, search.mesh))
+        sums = eval_step(state, put_batch(batch, mesh))
         totals += np.asarray(jax.device_get(sums), dtype=np.float64)
     return totals[0] / totals[2], totals[1] / totals[2]
 
@@ -118,9 +119,9 @@ class SearchJob:
         )
 
     def row(self, state, epoch, means):
-        valid_loss, valid_acc = evaluate(
-            self.search, state, self.alpha_split, self.config.batch_size
-        )
+        s = self.search
+        valid_loss, valid_acc = evaluate(s.eval_step, s.mesh, state, self.alpha_split,
+                                         self.config.batch_size)
         space = self.search.space
         self.arch = self.search.derive(jax.device_get(state.alpha))
         looked_up = {}
@@ -143,11 +144,8 @@ class SearchJob:
         return True
 
     def summary(self, row):
-        return (
-            f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f} train_acc "
-            f"{row['train_acc']:.4f} valid_loss {row['valid_loss']:.4f} valid_acc "
-            f"{row['valid_acc']:.4f} ({row['seconds']:.1f} s)"
-        )
+        return loop.summary_line(row, "epoch", ("train_loss", "train_acc", "valid_loss",
+                                                "valid_acc"))
 
     def finish(self, state, rows):
         if rows and is_main_process():

@@ -22,7 +22,7 @@ from jnas.search import SearchConfig
 from tests.common import EPOCHS, ROOT, TINY, load_script, read_metrics
 
 darts = load_script("darts")
-SCRIPTS = ("darts", "gdas", "milenas", "snas", "tnas")
+SCRIPTS = ("darts", "gdas", "milenas", "snas", "tnas", "train")
 
 
 def error_of(capsys, *args):
@@ -56,12 +56,17 @@ def _commands():
                 yield m[1], shlex.split(re.sub(r"[\[\]]", "", m[2].split("`")[0]))
 
 
-def test_every_documented_command_has_valid_settings():
+def test_every_documented_command_has_valid_settings(tmp_path):
+    genotype = jnas.save_genotype(jnas.DARTS_V2, tmp_path / "genotype.json")
     commands = list(_commands())
     assert len(commands) > 15
     for script, argv in commands:
         if script == "tnas":
             cli.meta_config("", argv)
+        elif script == "train":
+            # A search's genotype.json: written here, the command assumes a search ran.
+            argv = [str(genotype) if a.endswith(".json") else a for a in argv]
+            cli.train_config("", argv)
         else:
             extra = load_script(script).gdas_flag if script == "milenas" else None
             cli.search_config(script, "", argv, extra)
@@ -107,8 +112,10 @@ def test_every_flag_has_help_and_shows_its_default(script, capsys):
         body = " ".join(option.split())
         assert len(body) > len(name) + 12, f"{name} has no help: {body!r}"
     # A default is shown unless the help says what its absence means.
-    for flag in ("--seed", "--save", "--ops", "--layers", "--init_channels"):
-        (option,) = [o for o in options if o.split()[0].rstrip(",") == flag]
+    flags = ("--seed", "--save", "--ops", "--layers", "--init_channels")
+    checked = [o for o in options if o.split()[0].rstrip(",") in flags]
+    assert len(checked) >= 4  # train.py has no --ops
+    for option in checked:
         assert "(default:" in " ".join(option.split()), option
     # The usage examples keep their line breaks (the scripts' docstrings are raw).
     assert "\\\n        --" in text

@@ -1,13 +1,8 @@
 """Search spaces by name (`SPACES`); importing this package registers them."""
 
-from jnas.spaces.base import SPACES, Space, register, space_class
-from jnas.spaces.darts import (
-    DartsSpace,
-    FixedReductionCell,
-    SearchCell,
-    SearchNetwork,
-    check_fixed_reduction,
-)
+from jnas.spaces.base import SPACES, Space, register, space_class, space_from_config
+from jnas.spaces.darts import DartsSpace, SearchCell, SearchNetwork, check_fixed_reduction
+from jnas.spaces.darts_cells import FixedReductionCell
 from jnas.spaces.nb201 import NB201Space
 
 __all__ = [
@@ -21,4 +16,5 @@ __all__ = [
     "check_fixed_reduction",
     "register",
     "space_class",
+    "space_from_config",
 ]

@@ -11,6 +11,8 @@ as the benchmark's string, and drawn. A new space is a file with a `register`ed 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -33,12 +35,36 @@ def space_class(name: str) -> type[Space]:
     return SPACES[name]
 
 
+def space_from_config(config, name: str, defaults: dict[str, Any]) -> Space:
+    """The space `name` built from the fields of `config` that it has (None: the space's
+    default). A field of another space whose value differs from `defaults` is refused: the
+    space would silently ignore it."""
+    cls = space_class(name)
+    reads = {f.name for f in dataclasses.fields(cls)}
+    for other in SPACES.values():
+        for f in dataclasses.fields(other):
+            if f.name in reads or not hasattr(config, f.name):
+                continue
+            if getattr(config, f.name) != defaults[f.name]:
+                raise JnasError(
+                    f"`{f.name}` is a setting of the {other.name} space; the {name} space "
+                    f"does not read it (its settings: {', '.join(sorted(reads))})"
+                )
+    values = {k: getattr(config, k, None) for k in reads}
+    return cls(**{k: v for k, v in values.items() if v is not None})
+
+
 @dataclasses.dataclass(frozen=True)
 class Space:
     name: ClassVar[str]
     derivation: ClassVar[str]  # the rule of the space's published code
     # {algorithm: SearchConfig fields}: the published search settings on this space.
     search_defaults: ClassVar[dict[str, dict]] = {}
+    # TrainConfig fields: the published protocol that trains this space's architectures from
+    # scratch (`jnas.evaluation`); TrainConfig's own defaults are DARTS's.
+    eval_defaults: ClassVar[dict[str, Any]] = {}
+    # {name: architecture}: published architectures that `load_arch` knows by name.
+    known_archs: ClassVar[dict[str, Any]] = {}
     primitives: tuple[str, ...]
 
     # -- alpha -------------------------------------------------------------------------------
@@ -66,6 +92,16 @@ class Space:
 
     # -- the supernet ------------------------------------------------------------------------
     def network(self, num_classes: int, *, train: bool) -> nn.Module:
+        raise NotImplementedError
+
+    # -- the discrete network ----------------------------------------------------------------
+    def eval_network(self, arch, num_classes: int, *, train: bool, auxiliary: bool = False,
+                     drop_path: bool = False) -> nn.Module:
+        """The discrete network of `arch` at this space's sizes, trained from scratch to
+        evaluate it; called as `model.apply(variables, x, drop_prob, rngs={"dropout": key},
+        mutable=["batch_stats"])` -> `(logits, auxiliary logits or None)`. `auxiliary` and
+        `drop_path` say whether training uses an auxiliary head and drop path; a space whose
+        network has none refuses them."""
         raise NotImplementedError
 
     # -- derivation --------------------------------------------------------------------------
@@ -105,6 +141,30 @@ class Space:
     def to_string(self, arch) -> str:
         """One line for logs and benchmark look-ups."""
         raise NotImplementedError
+
+    def from_string(self, text: str):
+        """The architecture of a `to_string` line, or raise saying what is wrong."""
+        raise NotImplementedError
+
+    def load_arch(self, text: str):
+        """The architecture that `text` names: a known one (`known_archs`), a JSON file as a
+        search writes it (genotype.json), or the space's string (`to_string`)."""
+        if text in self.known_archs:
+            return self.known_archs[text]
+        if not (text.endswith(".json") or os.path.isfile(text)):
+            return self.from_string(text)
+        try:
+            with open(text, encoding="utf-8") as f:
+                record = json.load(f)
+        except OSError as e:
+            raise JnasError(f"cannot read the architecture file {text!r} ({e.strerror or e})"
+                            ) from None
+        except json.JSONDecodeError as e:
+            raise JnasError(f"the architecture file {text!r} is not valid JSON ({e})") from None
+        try:
+            return self.from_dict(record)
+        except JnasError as e:
+            raise JnasError(f"the architecture file {text!r}: {e}") from None
 
     def benchmark_key(self, arch) -> str:
         """The architecture's key in a benchmark's table (`jnas.benchmark`)."""

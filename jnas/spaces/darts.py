@@ -8,6 +8,7 @@ two cell inputs at once, those between nodes one per `scan` iteration.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from typing import ClassVar
 
@@ -17,23 +18,19 @@ import jax.numpy as jnp
 from jnas.errors import JnasError
 from jnas.genotype import (
     CELL_TYPES,
+    GENOTYPES,
     PRIMITIVES,
+    Genotype,
     genotype_from_derived,
     genotype_from_dict,
     genotype_to_dict,
     validate_genotype,
 )
-from jnas.ops import (
-    FactorizedReduce,
-    MixedOp,
-    PatchConv,
-    ReLUConvBN,
-    batch_norm,
-    check_primitives,
-    pool_3x3,
-)
+from jnas.ops import MixedOp, batch_norm, check_primitives
 from jnas.plotting import darts_edge_labels, plot_genotype
 from jnas.spaces import base, dag
+from jnas.spaces.darts_cells import FixedReductionCell, preprocess, reduction_layers
+from jnas.spaces.darts_eval import EvalNetwork
 
 
 class SearchCell(nn.Module):
@@ -55,7 +52,7 @@ class SearchCell(nn.Module):
     @nn.compact
     def __call__(self, s0, s1, weights, index=None):
         c = self.channels
-        s0, s1 = _preprocess(c, self.reduction_prev, self.train, s0, s1)
+        s0, s1 = preprocess(c, self.reduction_prev, False, self.train, s0, s1)
         stride = (2 if self.reduction else 1, 1)
 
         def make_op(group, name):
@@ -63,53 +60,6 @@ class SearchCell(nn.Module):
 
         states = [s0, s1, *dag.cell_nodes(make_op, [s0, s1], self.steps, weights, index)]
         return jnp.concatenate(states[-self.multiplier :], axis=-1)
-
-
-def _preprocess(c, reduction_prev, train, s0, s1):
-    """Bring both cell inputs to `c` channels at the resolution of `s1`."""
-    if reduction_prev:
-        s0 = FactorizedReduce(c, affine=False, train=train)(s0)
-    else:
-        s0 = ReLUConvBN(c, affine=False, train=train)(s0)
-    return s0, ReLUConvBN(c, affine=False, train=train)(s1)
-
-
-class FixedReductionCell(nn.Module):
-    """GDAS's fixed reduction cell (FRC, Dong & Yang 2019), affine-free as in search.
-
-    Each input (after the usual preprocessing) feeds two branches that halve the resolution:
-    ReLU -> 1x3 conv stride (1, 2) -> 3x1 conv stride (2, 1) (both in 8 groups) -> BN -> ReLU
-    -> 1x1 conv -> BN, and 3x3 max pool stride 2 -> BN. The output concatenates the four
-    branches: 4 * channels, like a 4-node DARTS cell.
-    """
-
-    channels: int
-    reduction_prev: bool
-    train: bool = True
-
-    @nn.compact
-    def __call__(self, s0, s1):
-        c = self.channels
-        if c % 8:
-            raise JnasError(
-                f"the fixed reduction cell groups its convolutions by 8, so it needs a multiple "
-                f"of 8 channels, got {c}; use an `init_channels` divisible by 4"
-            )
-        s0, s1 = _preprocess(c, self.reduction_prev, self.train, s0, s1)
-
-        def factorized(x):
-            x = nn.relu(x)
-            x = nn.Conv(c, (1, 3), (1, 2), ((0, 0), (1, 1)), feature_group_count=8,
-                        use_bias=False)(x)
-            x = nn.Conv(c, (3, 1), (2, 1), ((1, 1), (0, 0)), feature_group_count=8,
-                        use_bias=False)(x)
-            x = nn.relu(batch_norm(self.train, affine=False)(x))
-            return batch_norm(self.train, affine=False)(PatchConv(c)(x))
-
-        def pool(x):
-            return batch_norm(self.train, affine=False)(pool_3x3(x, "max", 2))
-
-        return jnp.concatenate([factorized(s0), factorized(s1), pool(s0), pool(s1)], axis=-1)
 
 
 def check_fixed_reduction(steps: int, primitives) -> None:
@@ -120,13 +70,6 @@ def check_fixed_reduction(steps: int, primitives) -> None:
             f"it needs `nodes` 4 and the 8 DARTS ops as `primitives`, got `nodes` {steps} and "
             f"`primitives` {','.join(primitives)}"
         )
-
-
-def reduction_layers(layers: int, reductions: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The indices of the reduction cells: `reductions`, or DARTS's 1/3 and 2/3 of depth."""
-    if reductions is not None:
-        return tuple(reductions)
-    return (layers // 3, 2 * layers // 3)
 
 
 class SearchNetwork(nn.Module):
@@ -205,6 +148,7 @@ class DartsSpace(base.Space):
 
     name: ClassVar[str] = "darts"
     derivation: ClassVar[str] = "darts"
+    known_archs: ClassVar[dict[str, Genotype]] = GENOTYPES
     primitives: tuple[str, ...] = PRIMITIVES
     init_channels: int = 16
     layers: int = 8
@@ -280,6 +224,31 @@ class DartsSpace(base.Space):
 
     def to_string(self, arch):
         return str(tuple(validate_genotype(arch, self.primitives)))
+
+    def from_string(self, text):
+        """A genotype written as Python: `to_string`'s tuple, or `Genotype(normal=[...], ...)`
+        as DARTS's genotypes.py writes it."""
+        try:
+            tree = ast.parse(text.strip(), mode="eval").body
+            if isinstance(tree, ast.Call) and getattr(tree.func, "id", None) == "Genotype":
+                return genotype_from_dict(
+                    {k.arg: ast.literal_eval(k.value) for k in tree.keywords}, self.primitives
+                )
+            return validate_genotype(Genotype(*ast.literal_eval(tree)), self.primitives)
+        except (SyntaxError, ValueError, TypeError):
+            raise JnasError(
+                f"{text!r} is not a known genotype ({', '.join(self.known_archs)}), a genotype "
+                "JSON file (genotype.json) or a genotype written as Python "
+                "(`Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], "
+                "reduce=[...], reduce_concat=[...])`)"
+            ) from None
+
+    def eval_network(self, arch, num_classes, *, train, auxiliary=False, drop_path=False):
+        del drop_path  # the network always takes its probability
+        return EvalNetwork(
+            validate_genotype(arch, self.primitives), num_classes, self.init_channels,
+            self.layers, auxiliary, train=train,
+        )
 
     def draw(self, arch, path, title=""):
         plot_genotype(arch, path, title=title or None)

@@ -33,14 +33,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from jnas.errors import JnasError
-from jnas.ops import MixedOp, PatchConv, ReLUConvBN, batch_norm, check_primitives
+from jnas.ops import MixedOp, PatchConv, ReLUConvBN, batch_norm, check_primitives, make_op
 from jnas.spaces import base, dag
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -199,6 +199,37 @@ class ResNetBlock(nn.Module):
         return x + y
 
 
+def _skeleton(x, channels: int, cells_per_stage: int, num_classes: int, train: bool, cell, *args):
+    """The benchmark's macro skeleton around the cells `cell(channels, name)`, each called as
+    `cell(x, *args)`: stem, 3 stages of N scanned cells joined by ResNet blocks, BN-ReLU, global
+    average pooling, classifier. Called inside a compact method, so its modules are the caller's.
+    """
+    c = channels
+    x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="stem")(x)
+    x = batch_norm(train, affine=True)(x)  # BatchNorm_0
+    for stage in range(3):
+        if stage:
+            c *= 2
+            x = ResNetBlock(c, 2, train, name=f"block_{stage}")(x)
+        x, _ = nn.scan(
+            lambda mdl, x, *args: (mdl(x, *args), None),
+            variable_axes=dag.STACKED,
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast,) * len(args),
+            length=cells_per_stage,
+        )(cell(c, f"cells_{stage}"), x, *args)
+    x = nn.relu(batch_norm(train, affine=True)(x))  # BatchNorm_1
+    return nn.Dense(num_classes, name="classifier")(jnp.mean(x, axis=(1, 2)))
+
+
+def _check_images(x):
+    if x.ndim != 4 or x.shape[1] % 4 or x.shape[2] % 4 or min(x.shape[1:3]) < 4:
+        raise JnasError(
+            "inputs must be NHWC images whose height and width are multiples of 4 (two "
+            f"ResNet blocks halve them), got shape {x.shape}"
+        )
+
+
 class NB201Network(nn.Module):
     """NAS-Bench-201's search network (xautodl `TinyNetworkDarts`).
 
@@ -222,29 +253,64 @@ class NB201Network(nn.Module):
         space.check_alpha(weights, "weights")
         if index is not None:
             space.check_index(index)
-        if x.ndim != 4 or x.shape[1] % 4 or x.shape[2] % 4 or min(x.shape[1:3]) < 4:
-            raise JnasError(
-                "inputs must be NHWC images whose height and width are multiples of 4 (two "
-                f"ResNet blocks halve them), got shape {x.shape}"
-            )
-        c, train = self.channels, self.train
-        x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="stem")(x)
-        x = batch_norm(train, affine=True)(x)  # BatchNorm_0
+        _check_images(x)
+
+        def cell(c, name):
+            return NB201Cell(c, space.primitives, self.train, name=name)
+
         w, i = weights["cell"], None if index is None else index["cell"]
-        for stage in range(3):
-            if stage:
-                c *= 2
-                x = ResNetBlock(c, 2, train, name=f"block_{stage}")(x)
-            cell = NB201Cell(c, space.primitives, train, name=f"cells_{stage}")
-            x, _ = nn.scan(
-                lambda mdl, x, w, i: (mdl(x, w, i), None),
-                variable_axes=dag.STACKED,
-                split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast),
-                length=self.cells_per_stage,
-            )(cell, x, w, i)
-        x = nn.relu(batch_norm(train, affine=True)(x))  # BatchNorm_1
-        return nn.Dense(self.num_classes, name="classifier")(jnp.mean(x, axis=(1, 2)))
+        return _skeleton(x, self.channels, self.cells_per_stage, self.num_classes, self.train,
+                         cell, w, i)
+
+
+class NB201EvalCell(nn.Module):
+    """One discrete cell (xautodl `InferCell`): node j sums the ops of its incoming edges;
+    'none' edges are left out of the computation (the benchmark's Zero ops add zeros), and a
+    node with no other edge is zero. BatchNorm is affine, so the convolutions have no bias.
+    Edge r's op (alpha's row r) has the parameters `edge_<r>`."""
+
+    arch: tuple[str, ...]
+    channels: int
+    train: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        nodes = [x]
+        for node in range(1, STEPS + 1):
+            total = jnp.zeros_like(x)
+            for source in range(node):
+                row = dag.edge_row(node - 1, source, 1)
+                op = self.arch[row]
+                if op != "none":
+                    module = make_op(op, self.channels, 1, affine=True, train=self.train)
+                    total = total + module.clone(parent=self, name=f"edge_{row}")(nodes[source])
+            nodes.append(total)
+        return nodes[-1]
+
+
+class NB201EvalNetwork(nn.Module):
+    """The benchmark's discrete network (xautodl `TinyNetwork`): the search network's skeleton,
+    parameter names included, around N copies of one discrete cell. Called as
+    `model.apply(variables, x, mutable=["batch_stats"])` -> `(logits, None)`: it has no
+    auxiliary head and no drop path."""
+
+    arch: tuple[str, ...]
+    num_classes: int
+    channels: int = 16
+    cells_per_stage: int = 5
+    train: bool = True
+
+    @nn.compact
+    def __call__(self, x, drop_prob=0.0):
+        del drop_prob  # no drop path: the space refuses one (`NB201Space.eval_network`)
+        _check_images(x)
+
+        def cell(c, name):
+            return NB201EvalCell(self.arch, c, self.train, name=name)
+
+        logits = _skeleton(x, self.channels, self.cells_per_stage, self.num_classes,
+                           self.train, cell)
+        return logits, None
 
 
 # -- the space -------------------------------------------------------------------------------
@@ -268,6 +334,15 @@ class NB201Space(base.Space):
         name: {"weight_decay": 5e-4, "nesterov": True, "epochs": 250 if name == "gdas" else 50}
         for name in ("darts", "gdas", "milenas", "snas")
     }
+    # The benchmark's training (AutoDL-Projects f46486e, configs/nas-benchmark/CIFAR.config:
+    # SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4, batch 256, 200 epochs, cosine to 0
+    # stepped per epoch, procedures/optimizers.py L81-107; crop and flip, no cutout, no
+    # gradient clipping; C=16, N=5, scripts-search/NAS-Bench-201/train-models.sh).
+    eval_defaults: ClassVar[dict[str, Any]] = dict(
+        arch=BEST_CIFAR10, epochs=200, batch_size=256, learning_rate=0.1, nesterov=True,
+        weight_decay=5e-4, init_channels=16, auxiliary_weight=0.0, cutout_length=0,
+        drop_path_prob=0.0, grad_clip=0.0,
+    )
     primitives: tuple[str, ...] = NB201_OPS
     init_channels: int = 16
     cells_per_stage: int = 5
@@ -352,6 +427,20 @@ class NB201Space(base.Space):
 
     def to_string(self, arch):
         return to_string(arch, self.primitives)
+
+    def from_string(self, text):
+        return from_string(text, self.primitives)
+
+    def eval_network(self, arch, num_classes, *, train, auxiliary=False, drop_path=False):
+        if auxiliary or drop_path:
+            what = "auxiliary head" if auxiliary else "drop path"
+            setting = "auxiliary_weight" if auxiliary else "drop_path_prob"
+            raise JnasError(
+                f"the NAS-Bench-201 network has no {what}, as the benchmark trained none: "
+                f"set `{setting}` 0"
+            )
+        return NB201EvalNetwork(check_arch(arch, self.primitives), num_classes,
+                                self.init_channels, self.cells_per_stage, train=train)
 
     def draw(self, arch, path, title=""):
         draw_cell(arch, path, title, self.primitives)
