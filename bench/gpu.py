@@ -35,7 +35,8 @@ SMOKE_META = ["--steps", "1", "--meta_batch", "1", "--way", "2", "--query", "1",
               "8", "--inner_steps", "1", "--inner_steps_test", "1"]
 SMOKE_TNAS = [*SMOKE_META, "--init_channels", "4", "--nodes", "1", "--ops", "none,skip_connect"]
 SMOKE_MAML = [*SMOKE_META, "--filters", "4", "--image_size", "16"]  # 4 halvings: 16 -> 1
-SMOKE_TRAIN = ["--init_channels", "4", "--layers", "3", "--batch_size", "8", "--steps", "1"]
+SMOKE_TRAIN = ["--init_channels", "4", "--layers", "3", "--batch_size", "8", "--hw", "8",
+               "--steps", "1"]
 ITEMS = {
     "darts_2nd": ("search_step.py", "darts_2nd", SEARCH, SMOKE_SEARCH),
     "gdas": ("search_step.py", "gdas", SEARCH, SMOKE_SEARCH),

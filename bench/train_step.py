@@ -40,9 +40,9 @@ def measure(args) -> dict:
     config = TrainConfig.published(args.protocol, arch=args.one, dtype=args.dtype, **sizes)
     steps_per_epoch = TRAIN_IMAGES // config.batch_size
     mesh = data_mesh(args.devices)
-    trainer = Trainer(config, 10, steps_per_epoch, 32, mesh)
+    trainer = Trainer(config, 10, steps_per_epoch, args.hw, mesh)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (config.batch_size * 4, 32, 32, 3), np.uint8)
+    images = rng.integers(0, 256, (config.batch_size * 4, args.hw, args.hw, 3), np.uint8)
     cifar = jdata.ImageDataset("random", images, np.zeros(len(images), np.int32), 10,
                                (0.5,) * 3, (0.25,) * 3, augment=True)
     host_s = timed(lambda i: next(jdata.train_batches(cifar, config.batch_size, seed=0,
@@ -74,6 +74,7 @@ def measure(args) -> dict:
         "init_channels": config.init_channels,
         "layers": config.layers if args.protocol == "darts" else config.cells_per_stage,
         "auxiliary_weight": config.auxiliary_weight,
+        "hw": args.hw,
         "dtype": config.dtype,
         "devices": mesh.size,
         "params": param_counts(state.params),
@@ -96,6 +97,7 @@ def main():
     p.add_argument("--init_channels", type=int, help="default: the protocol's")
     p.add_argument("--layers", type=int, help="DARTS cells (default: the protocol's)")
     p.add_argument("--cells_per_stage", type=int, help="NAS-Bench-201's N")
+    p.add_argument("--hw", type=int, default=32, help="image height and width")
     p.add_argument("--devices", type=int, default=1, help="split the batch over N devices")
     p.add_argument("--steps", type=int, default=5, help="timed steps after compilation")
     p.add_argument("--one", help=argparse.SUPPRESS)

@@ -1,14 +1,14 @@
 """The one resumable run loop: a job's steps -> logged rows -> files -> checkpoints.
 
-A job (a search, a meta-learner; FedNAS's rounds next) says what its steps and its logged
-units are (an epoch; a window of meta-iterations), how to score a unit and which files to
-write. `run(job)` owns the rest: the run folder's checks, the settings file (written with
-each checkpoint, so that a folder without one holds no run) and the refusal of a folder
-written with other settings, resuming from the newest checkpoint, the notice and timing of
-the first step's compilation, the progress bar, the per-unit means of the step metrics and
-their non-finite check, metrics.jsonl, the check that every step compiled once,
-checkpoints, and the final result. A unit's files and checkpoint are written under
-`jnas.io.WRITING`, which the command line's Ctrl-C waits for.
+A job (a search, a meta-learner, an evaluation training; FedNAS's rounds next) says what
+its steps and its logged units are (an epoch; a window of meta-iterations), how to score a
+unit and which files to write. `run(job)` owns the rest: the run folder's checks, the
+settings file (written with each checkpoint, so that a folder without one holds no run) and
+the refusal of a folder written with other settings, resuming from the newest checkpoint,
+the notice and timing of the first step's compilation, the progress bar, the per-unit means
+of the step metrics and their non-finite check, metrics.jsonl, the check that every step
+compiled once, checkpoints, and the final result. A unit's files and checkpoint are written
+under `jnas.io.WRITING`, which the command line's Ctrl-C waits for.
 
 With several processes every process runs the loop and process 0 alone writes files and
 prints; the checkpoint is written by all (Orbax lets one replica write replicated state).
