@@ -45,7 +45,7 @@ from jnas.sharding import (
     put_replicated,
 )
 from jnas.spaces import SPACES, Space, space_class, space_from_config
-from jnas.steps import accuracy, cross_entropy, init_variables
+from jnas.steps import accuracy, cross_entropy, init_variables, masked_sums
 
 DTYPES = ("float32", "bfloat16")
 
@@ -245,11 +245,7 @@ class Trainer:
         """Sums over the real rows of a padded batch: (loss_sum, correct_sum, count)."""
         params, x = self._compute(state.params, batch["x"])
         logits, _ = self.eval_model.apply({"params": params, "batch_stats": state.batch_stats}, x)
-        logits = logits.astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
-        correct = jnp.argmax(logits, -1) == batch["y"]
-        mask = batch["mask"]
-        return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)
+        return masked_sums(logits.astype(jnp.float32), batch)
 
 
 class TrainJob:

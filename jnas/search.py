@@ -27,7 +27,7 @@ from jnas.errors import JnasError
 from jnas.relax import RELAXATIONS, Relaxation, make_relaxation
 from jnas.sharding import ShardedStep, data_mesh, put_replicated
 from jnas.spaces import SPACES, Space, space_class, space_from_config
-from jnas.steps import accuracy, cross_entropy, init_variables
+from jnas.steps import accuracy, cross_entropy, init_variables, masked_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +305,4 @@ class Search:
         logits = self.eval_model.apply(
             {"params": state.params, "batch_stats": state.batch_stats}, batch["x"], weights, index
         )
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
-        correct = jnp.argmax(logits, -1) == batch["y"]
-        mask = batch["mask"]
-        return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)
+        return masked_sums(logits, batch)

@@ -17,6 +17,15 @@ def accuracy(logits, labels):
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+def masked_sums(logits, batch):
+    """(loss sum, correct sum, count) over the real rows of a padded evaluation batch
+    (`jnas.data.eval_batches`: "mask" is 1 on real rows)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+    correct = jnp.argmax(logits, -1) == batch["y"]
+    mask = batch["mask"]
+    return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)
+
+
 def _check_labels(logits, labels):
     """One integer label per row of logits: otherwise optax broadcasts or fails inside XLA."""
     chex.assert_rank([logits, labels], [2, 1])
