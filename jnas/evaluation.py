@@ -34,7 +34,6 @@ from jnas.config import check_common, check_sgd, option
 from jnas.errors import JnasError
 from jnas.io import write_json
 from jnas.plotting import plot_curves
-from jnas.runner import evaluate
 from jnas.search import cosine_schedule, weight_optimizer
 from jnas.sharding import (
     ShardedStep,
@@ -307,7 +306,7 @@ class TrainJob:
 
     def row(self, state, epoch, means):
         t = self.trainer
-        test_loss, test_acc = evaluate(t.eval_step, t.mesh, state, self.test_set,
+        test_loss, test_acc = loop.evaluate(t.eval_step, t.mesh, state, self.test_set,
                                        self.config.batch_size)
         return {**means, "test_loss": test_loss, "test_acc": test_acc}
 

@@ -28,10 +28,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jnas import data as jdata
 from jnas.checkpoint import Checkpointer
 from jnas.errors import JnasError
 from jnas.io import WRITING, write_json, write_text
-from jnas.sharding import ShardedStep, assert_traced_once, is_main_process
+from jnas.sharding import ShardedStep, assert_traced_once, is_main_process, local_rows, put_batch
 
 # Settings that say where things are and what runs them, not what is computed: they may
 # differ between a run and its resumption.
@@ -142,6 +143,17 @@ def read_metrics(path: str, up_to: int, key: str) -> list[dict]:
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [r for r in rows if r[key] <= up_to]
+
+
+def evaluate(eval_step, mesh, state, dataset, batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy over a whole split from `eval_step(state, batch)`'s sums
+    (loss, correct, count) over the real rows of padded batches; BatchNorm in inference mode."""
+    totals = np.zeros(3)
+    mine = local_rows(mesh, batch_size)
+    for batch in jdata.eval_batches(dataset, batch_size, mine):
+        sums = eval_step(state, put_batch(batch, mesh))
+        totals += np.asarray(jax.device_get(sums), dtype=np.float64)
+    return totals[0] / totals[2], totals[1] / totals[2]
 
 
 def summary_line(row: dict, unit: str, keys) -> str:

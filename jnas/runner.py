@@ -35,17 +35,6 @@ RESULT_FILES = ("genotype.json, genotype.png, alphas.npz, alphas.png, metrics.js
                 "config.json, checkpoints/ (the newest two)")
 
 
-def evaluate(eval_step, mesh, state, dataset, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy over a whole split from `eval_step(state, batch)`'s sums
-    (loss, correct, count) over the real rows of padded batches; BatchNorm in inference mode."""
-    totals = np.zeros(3)
-    mine = local_rows(mesh, batch_size)
-    for batch in jdata.eval_batches(dataset, batch_size, mine):
-        sums = eval_step(state, put_batch(batch, mesh))
-        totals += np.asarray(jax.device_get(sums), dtype=np.float64)
-    return totals[0] / totals[2], totals[1] / totals[2]
-
-
 def write_architecture(save: str, space, relaxation, alpha, arch, title: str) -> None:
     """genotype.json, alphas.npz, genotype.png and alphas.png of `alpha` and its `arch`."""
     alpha = {k: np.asarray(v) for k, v in jax.device_get(alpha).items()}
@@ -120,7 +109,7 @@ class SearchJob:
 
     def row(self, state, epoch, means):
         s = self.search
-        valid_loss, valid_acc = evaluate(s.eval_step, s.mesh, state, self.alpha_split,
+        valid_loss, valid_acc = loop.evaluate(s.eval_step, s.mesh, state, self.alpha_split,
                                          self.config.batch_size)
         space = self.search.space
         self.arch = self.search.derive(jax.device_get(state.alpha))
