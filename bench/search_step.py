@@ -6,16 +6,22 @@
     python bench/search_step.py --batch 64 --devices 8   # data-parallel over 8 devices
     python bench/search_step.py --space nas-bench-201 --batch 64 --algos darts_1st,snas
     python bench/search_step.py --space nas-bench-201 --cells_per_stage 1   # compile vs N
+    python bench/search_step.py --algos darts_1st,proxyless --phases   # memory per phase
     JAX_NUM_CPU_DEVICES=4 python bench/search_step.py --devices 4   # 4 CPU devices
 
 Prints one JSON line per algorithm. Each algorithm runs in a fresh subprocess so that neither
-compilation caches nor peak memory carry over between rows.
+compilation caches nor peak memory carry over between rows. `step_temp_mb` is the compiled
+step's scratch memory (XLA's buffer assignment: the activations kept for the backward pass
+and the other intermediates, on any backend); `--phases` adds each phase compiled alone
+(`arch_temp_mb`, `weights_temp_mb`, on one device), e.g. ProxylessNAS's two-path
+architecture step and one-path weight step against DARTS's all-op steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -30,6 +36,11 @@ ALGOS = {
     "milenas": {"algorithm": "milenas"},
     "milenas_gdas": {"algorithm": "milenas", "relaxation": "gdas"},
     "snas": {"algorithm": "snas"},
+    "proxyless": {"algorithm": "proxyless"},
+    "pcdarts": {"algorithm": "pcdarts", "partial_channels": 4},
+    "fairdarts": {"algorithm": "fairdarts"},
+    "asap": {"algorithm": "asap"},  # before any op is pruned: its costliest step
+    "rdarts": {"algorithm": "rdarts", "second_order": True, "track_hessian": True},
 }
 
 
@@ -69,6 +80,13 @@ def measure(args) -> dict:
     t = time.perf_counter()
     step = search.step.lower(state, train, val, key).compile()
     compile_s = time.perf_counter() - t
+    memory = {"step_temp_mb": temp_mb(step)}
+    if args.phases:
+        keys, lr, epoch = {"arch": key, "weights": key}, search.lr_schedule(0), jax.numpy.int32(0)
+        for phase in search.algorithm.order:
+            fn = jax.jit(search._phases[phase])
+            memory[f"{phase}_temp_mb"] = temp_mb(
+                fn.lower(state, train, val, keys, lr, epoch).compile())
 
     def run(i):
         nonlocal state
@@ -77,6 +95,12 @@ def measure(args) -> dict:
         return state, metrics
 
     times = timed(run, args.steps + 1)
+    if config.track_hessian:  # RobustDARTS's eigenvalue, once per epoch
+        t = time.perf_counter()
+        jax.block_until_ready(search.hessian_step(state, val, key))
+        memory["hessian_first_s"] = round(time.perf_counter() - t, 2)
+        memory["hessian_s"] = round(statistics.median(timed(
+            lambda i: jax.block_until_ready(search.hessian_step(state, val, key)), 3)), 3)
     return {
         "algo": args.one,
         "space": args.space,
@@ -91,8 +115,13 @@ def measure(args) -> dict:
         "classes": args.classes,
         "init_s": round(init_s, 2),
         "compile_s": round(compile_s, 2),
+        **memory,
         **environment(times),
     }
+
+
+def temp_mb(compiled) -> float:
+    return round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 2)
 
 
 def main():
@@ -111,6 +140,8 @@ def main():
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--devices", type=int, default=1, help="split the batch over N devices")
     p.add_argument("--steps", type=int, default=5, help="timed steps after compilation")
+    p.add_argument("--phases", action="store_true",
+                   help="also the scratch memory of each phase compiled alone")
     p.add_argument("--one", choices=sorted(ALGOS), help=argparse.SUPPRESS)
     run_rows(p.parse_args(), ALGOS, measure)
 

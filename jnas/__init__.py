@@ -22,6 +22,7 @@ from jnas.spaces import SearchCell, SearchNetwork
 from jnas.transforms import (
     darts_hypergrad,
     gumbel_softmax,
+    hessian_eigenvalues,
     maml_adapt,
     maml_meta_grad,
     milenas_hypergrad,
@@ -40,6 +41,7 @@ __all__ = [
     "darts_hypergrad",
     "derive_genotype",
     "gumbel_softmax",
+    "hessian_eigenvalues",
     "load_genotype",
     "maml_adapt",
     "maml_meta_grad",

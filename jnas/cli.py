@@ -147,9 +147,10 @@ def search_config(algorithm_name: str, doc: str, argv=None, extra=None):
     return _config(SearchConfig, parser, argv, algorithm=algorithm_name)
 
 
-def search_main(algorithm_name: str, doc: str, argv=None, extra=None) -> int:
-    """A search script's main; 2 on a JnasError."""
-    return _main(lambda argv: search_config(algorithm_name, doc, argv, extra), run_search,
+def search_main(algorithm_name: str, doc: str, argv=None, extra=None, run=run_search) -> int:
+    """A search script's main; 2 on a JnasError. `run(config, progress=..., **flags)` runs
+    the config, with the flags that `extra` adds and that are not config fields."""
+    return _main(lambda argv: search_config(algorithm_name, doc, argv, extra), run,
                  SearchConfig, argv)
 
 
@@ -189,14 +190,17 @@ def _main(config_of, run_config, config_class, argv) -> int:
     def run(argv):
         config, flags = config_of(argv)
         _start(flags)
-        run_config(config, progress=not flags["no_progress"])
+        own = {k: v for k, v in flags.items() if k not in _SCRIPT_FLAGS}
+        run_config(config, progress=not flags["no_progress"], **own)
 
     return _run(run, argv, config_class)
 
 
 def _config(config_class, parser, argv, **fixed):
+    """(config, flags): the parsed flags that are not the config's fields are the script's."""
     args = vars(parser.parse_args(argv))
-    flags = {k: args.pop(k) for k in _SCRIPT_FLAGS}
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    flags = {k: args.pop(k) for k in list(args) if k not in fields}
     return config_class(**args, **fixed), flags
 
 

@@ -66,7 +66,11 @@ def argmax_op(weights, incoming, primitives):
     return xp.where(best == none, -1, best), xp.max(weights, -1)
 
 
-def rule(name: str) -> Rule:
+def rule(name: str | Rule) -> Rule:
+    """The rule registered as `name`; a rule itself (a relaxation's, built from a space's
+    rule and its own parameters: `Relaxation.derivation_rule`) is returned as it is."""
+    if callable(name):
+        return name
     if name not in RULES:
         raise JnasError(f"unknown derivation rule {name!r}; known: {', '.join(RULES)}")
     return RULES[name]

@@ -6,7 +6,11 @@ from every earlier state j in 0..i+1. Edges are numbered node by node, inputs in
 edge from state j into node i is row `sum_{k<i}(k + 2) + j` of an alpha matrix.
 
 A genotype keeps 2 incoming edges per node, as `(op_name, input_state)` pairs listed node by
-node, plus the intermediate states whose concatenation is the cell output.
+node, plus the intermediate states whose concatenation is the cell output. FairDARTS's
+threshold derivation keeps 0, 1 or 2 edges per node: `NO_EDGE`, `("none", 0)`, fills each
+missing place ('none' is DARTS's "no edge"). A node with no edge computes nothing: it is left
+out of the concatenation and no edge may read it, as FairDARTS's evaluation cell skips such
+isolated nodes (xiaomi-automl/FairDARTS 270cfc9, fairdarts/model.py L92-117).
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ PRIMITIVES = (
 )
 
 CELL_TYPES = ("normal", "reduce")
+NO_EDGE = ("none", 0)  # a node's missing edge
 _DICT_KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
 
 class Genotype(NamedTuple):
-    """A discrete architecture: 2 chosen `(op_name, input_state)` edges per node, per cell."""
+    """A discrete architecture: 2 chosen `(op_name, input_state)` edges per node, per cell
+    (`NO_EDGE` where a node has fewer)."""
 
     normal: tuple[tuple[str, int], ...]
     normal_concat: tuple[int, ...]
@@ -133,26 +139,35 @@ def alpha_weights(
 
 def genotype_from_derived(derived, primitives, incoming, steps: int) -> Genotype:
     """The Genotype of derived cells `{cell type: (ops, strength)}` (`jnas.derive`): per
-    node its kept edges (op != -1), strongest first, ties to the lower input. A cell type
-    absent from `derived` is GDAS's fixed reduction cell."""
-    cells = {}
+    node its kept edges (op != -1), strongest first, ties to the lower input, then `NO_EDGE`
+    up to 2; the output concatenates the nodes that kept an edge. An edge from a node that
+    kept none is left out (that node computes nothing). A cell type absent from `derived` is
+    GDAS's fixed reduction cell."""
+    cells, concats = {}, {}
     for cell, (ops, strength) in derived.items():
         ops, strength = np.asarray(ops), np.asarray(strength)
-        gene = []
-        for rows in incoming:
+        gene, present = [], [True, True]  # per state: the two inputs, then the nodes
+        for node, rows in enumerate(incoming):
             rows = np.asarray(rows)
-            kept = rows[ops[rows] >= 0]
+            kept = rows[(ops[rows] >= 0) & np.array(present)[rows - rows[0]]]
             kept = kept[np.argsort(-strength[kept], kind="stable")]
+            if len(kept) > 2:
+                raise JnasError(
+                    f"the derivation kept {len(kept)} edges into node {node} of the {cell} "
+                    "cell; a genotype has at most 2 per node"
+                )
             gene += [(primitives[int(ops[r])], int(r - rows[0])) for r in kept]
+            gene += [NO_EDGE] * (2 - len(kept))
+            present.append(len(kept) > 0)
         cells[cell] = tuple(gene)
-    concat = tuple(range(2, steps + 2))
+        concats[cell] = tuple(s for s in range(2, steps + 2) if present[s])
     fixed = "reduce" not in cells
     return validate_genotype(
         Genotype(
             normal=cells["normal"],
-            normal_concat=concat,
+            normal_concat=concats["normal"],
             reduce=() if fixed else cells["reduce"],
-            reduce_concat=() if fixed else concat,
+            reduce_concat=() if fixed else concats["reduce"],
         ),
         None,
     )
@@ -194,7 +209,7 @@ def _check_cell(name: str, edges: Any, primitives: Sequence[str] | None) -> tupl
     if len(edges) < 2 or len(edges) % 2:
         raise JnasError(
             f"{name} has {len(edges)} edges; a genotype needs exactly 2 edges per node "
-            "(an even count >= 2)"
+            "(an even count >= 2; ('none', 0) fills a missing one)"
         )
     out = []
     for k, entry in enumerate(edges):
@@ -211,12 +226,7 @@ def _check_cell(name: str, edges: Any, primitives: Sequence[str] | None) -> tupl
                 "pair such as ['sep_conv_3x3', 0]"
             )
         op, src = entry[0], int(entry[1])
-        if op == "none":
-            raise JnasError(
-                f"{name} edge {k} (node {node}) chooses 'none', which means no edge; "
-                "pick a real op for it"
-            )
-        if primitives is not None and op not in primitives:
+        if op != "none" and primitives is not None and op not in primitives:
             known = ", ".join(p for p in primitives if p != "none")
             raise JnasError(f"{name} edge {k} uses unknown op {op!r}; known ops: {known}")
         if not 0 <= src <= node + 1:
@@ -228,8 +238,24 @@ def _check_cell(name: str, edges: Any, primitives: Sequence[str] | None) -> tupl
     return tuple(out)
 
 
-def _check_concat(name: str, concat: Any, steps: int) -> tuple[int, ...]:
-    """Normalise a concat list: distinct intermediate states 2..steps+1."""
+def _empty_nodes(name: str, edges: tuple) -> set[int]:
+    """The states of the nodes with no edge (`NO_EDGE` twice); raise where an edge reads
+    one (it has no value)."""
+    empty = {k // 2 + 2 for k in range(0, len(edges), 2)
+             if edges[k][0] == edges[k + 1][0] == "none"}
+    for k, (op, src) in enumerate(edges):
+        if op != "none" and src in empty:
+            raise JnasError(
+                f"{name} node {k // 2} (edge {k}) takes input {src}, node {src - 2}, which has "
+                "no edge and so no value; drop the edge (write it as ('none', 0))"
+            )
+    return empty
+
+
+def _check_concat(name: str, concat: Any, steps: int, empty: set[int] = frozenset()
+                  ) -> tuple[int, ...]:
+    """Normalise a concat list: distinct intermediate states 2..steps+1, none of them in
+    `empty` (nodes with no edge); a cell whose every node is empty has an empty one."""
     if (
         isinstance(concat, str | bytes)
         or not isinstance(concat, Sequence)
@@ -237,7 +263,7 @@ def _check_concat(name: str, concat: Any, steps: int) -> tuple[int, ...]:
     ):
         raise JnasError(f"{name} must be a list of ints such as [2, 3, 4, 5], got {concat!r}")
     concat = tuple(int(c) for c in concat)
-    if not concat:
+    if not concat and len(empty) < steps:
         raise JnasError(f"{name} is empty; list the node states that form the cell output")
     for c in concat:
         if not 2 <= c <= steps + 1:
@@ -247,6 +273,11 @@ def _check_concat(name: str, concat: Any, steps: int) -> tuple[int, ...]:
             )
     if len(set(concat)) != len(concat):
         raise JnasError(f"{name} repeats a state: {list(concat)}; list each state once")
+    for c in concat:
+        if c in empty:
+            raise JnasError(
+                f"{name} lists state {c}, node {c - 2}, which has no edge; leave it out"
+            )
     return concat
 
 
@@ -261,7 +292,8 @@ def _normalise(genotype: Any, primitives: Sequence[str] | None) -> Genotype:
         fields[key] = getattr(genotype, key)
     normal = _check_cell("normal", fields["normal"], primitives)
     steps = len(normal) // 2
-    normal_concat = _check_concat("normal_concat", fields["normal_concat"], steps)
+    normal_concat = _check_concat("normal_concat", fields["normal_concat"], steps,
+                                  _empty_nodes("normal", normal))
     if is_fixed_reduction(genotype):
         return Genotype(normal, normal_concat, (), ())
     reduce = _check_cell("reduce", fields["reduce"], primitives)
@@ -274,7 +306,8 @@ def _normalise(genotype: Any, primitives: Sequence[str] | None) -> Genotype:
         normal=normal,
         normal_concat=normal_concat,
         reduce=reduce,
-        reduce_concat=_check_concat("reduce_concat", fields["reduce_concat"], steps),
+        reduce_concat=_check_concat("reduce_concat", fields["reduce_concat"], steps,
+                                    _empty_nodes("reduce", reduce)),
     )
 
 
@@ -292,8 +325,9 @@ def validate_genotype(
 ) -> Genotype:
     """Return `genotype` as a normalised Genotype (tuples, ints), or raise JnasError.
 
-    `primitives=None` checks the structure only and accepts any op name but 'none', for
-    callers (saving, plotting) that do not know which search space a genotype came from.
+    `primitives=None` checks the structure only and accepts any op name, for callers
+    (saving, plotting) that do not know which search space a genotype came from. 'none' is
+    always accepted: it marks a node's missing edge (`NO_EDGE`).
     """
     return _normalise(genotype, None if primitives is None else tuple(primitives))
 
@@ -450,6 +484,35 @@ GDAS_F1 = Genotype(
     reduce_concat=(),
 )
 
+# FairDARTS's cell a (xiaomi-automl/FairDARTS 270cfc9, fairdarts/genotypes.py L150-152, the
+# repository's default `DARTS = FairDARTS_a`; "Params: 2.83" M): its (op, node, input)
+# triples with `NO_EDGE` where a normal node kept fewer than 2 edges, and the nodes that kept
+# one as the output, as its evaluation cell (DCOCell) concatenates them.
+FAIRDARTS_A = Genotype(
+    normal=(
+        ("sep_conv_3x3", 0),
+        ("sep_conv_5x5", 1),
+        NO_EDGE,
+        NO_EDGE,
+        ("max_pool_3x3", 0),
+        NO_EDGE,
+        ("sep_conv_3x3", 0),
+        NO_EDGE,
+    ),
+    normal_concat=(2, 4, 5),
+    reduce=(
+        ("max_pool_3x3", 0),
+        ("avg_pool_3x3", 1),
+        ("avg_pool_3x3", 0),
+        ("dil_conv_5x5", 1),
+        ("avg_pool_3x3", 0),
+        ("sep_conv_5x5", 1),
+        ("skip_connect", 0),
+        ("skip_connect", 1),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)
+
 GENOTYPES = {
     "DARTS_V1": DARTS_V1,
     "DARTS_V2": DARTS_V2,
@@ -457,4 +520,5 @@ GENOTYPES = {
     "GDAS_V1": GDAS_V1,
     "GDAS_F1": GDAS_F1,
     "GDAS": GDAS_F1,
+    "FairDARTS_a": FAIRDARTS_A,
 }

@@ -77,6 +77,9 @@ class Job(Protocol):
     def finish(self, state, rows: list[dict]) -> dict:
         """The run's result (and final files)."""
 
+    # Optional: `stop(rows) -> bool`, asked after each unit's row (which it may annotate) and
+    # of a resumed run's rows: True ends the run there (an early stop).
+
 
 def config_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -186,7 +189,8 @@ def run(job: Job, *, progress: bool = True, desc: str = "") -> dict:
     if start:
         state = checkpointer.restore(start, like=state)
         rows = read_metrics(metrics_path, start, job.unit)
-    units = list(job.units(start))
+    stop = getattr(job, "stop", lambda rows: False)
+    units = [] if rows and stop(rows) else list(job.units(start))
     if main and start:
         what = "resuming" if units else "already finished:"
         print(f"{what} {save} after {job.unit} {start}", flush=True)
@@ -216,6 +220,7 @@ def run(job: Job, *, progress: bool = True, desc: str = "") -> dict:
         row["steps_per_second"] = len(window) / row["seconds"]
         assert_traced_once(*job.steps)
         rows.append(row)
+        stopping = stop(rows)
         # Files first, then the settings and the checkpoint: a crash in between resumes from
         # the previous checkpoint and drops this unit's metrics line. Ctrl-C waits for all.
         with WRITING:
@@ -229,6 +234,8 @@ def run(job: Job, *, progress: bool = True, desc: str = "") -> dict:
         line = job.summary(row)
         if main and line:
             tqdm.write(line)
+        if stopping:
+            break
     if bar is not None:
         bar.close()
     return job.finish(state, rows)

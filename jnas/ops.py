@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -357,14 +358,18 @@ class Identity(nn.Module):
         return x
 
 
+def zeros_out(x, stride: int):
+    """Zeros of the shape an op of `stride` gives on `x`."""
+    n, h, w, c = x.shape
+    return jnp.zeros((n, _output_size(h, stride), _output_size(w, stride), c), x.dtype)
+
+
 class Zero(nn.Module):
     stride: int
 
     @nn.compact
     def __call__(self, x):
-        n, h, w, c = x.shape
-        size = (_output_size(h, self.stride), _output_size(w, self.stride))
-        return jnp.zeros((n, *size, c), x.dtype)
+        return zeros_out(x, self.stride)
 
 
 OpFactory = Callable[[int, int, bool, bool], nn.Module]
@@ -411,14 +416,25 @@ def make_op(name: str, channels: int, stride: int, affine: bool, train: bool) ->
 
 
 class MixedOp(nn.Module):
-    """A search edge over the candidate ops, in DARTS's or GDAS's form.
+    """A search edge over the candidate ops: every op weighted, or a few sampled paths.
 
     `__call__(x, weights)` is DARTS's `sum_o weights[o] * op_o(x)`; `none` contributes exact
     zeros, so it is skipped (its weight still reaches alpha through the softmax).
 
-    `sampled(x, hard, index)` is GDAS's single path: only op `index` runs, as
-    `hard[index] * op_index(x) + sum_{j != index} hard[j]`. In value that is `op_index(x)`
-    (`hard` is one-hot); in gradient every entry of `hard` is reached, as in the published code.
+    `sampled(x, weights, index)` runs the paths `index` (paths,) alone: op `index[j]` for each
+    j, or nothing where `index[j]` is -1, as `sum_j weights[index[j]] * op_index[j](x) +
+    sum_{o not in index} weights[o]`. With GDAS's one-hot `weights` and one path that is
+    `op_index(x)` in value, while every entry of `weights` gets a gradient, as in GDAS's code;
+    ProxylessNAS runs two paths. A boolean `index` (ops,) is a mask of the ops to run, the
+    same sum (ASAP: the ops it has not pruned).
+
+    `partial` K is PC-DARTS's partial channels: the ops see the first 1/K of the channels, the
+    rest bypass the edge (max-pooled 2x2 on a stride-2 edge), and the channels are shuffled in
+    K groups (PC-DARTS's `channel_shuffle`; model_search.py L39-53). The bypass is scaled by
+    the edge's total weight `sum_o weights[o]`: 1 under a softmax (so DARTS, SNAS and GDAS
+    are unchanged), and beta_e under PC-DARTS's edge normalisation, whose weights are
+    softmax(alpha_e) * beta_e, because its code multiplies the whole mixed-op output, bypass
+    included, by beta_e (model_search.py L85; jnas.relax.pcdarts).
 
     `pool_bn` follows each pooling op with an affine-free BatchNorm, as DARTS's search
     `MixedOp` does (cnn/model_search.py); NAS-Bench-201's search cells pool without one.
@@ -429,10 +445,12 @@ class MixedOp(nn.Module):
     primitives: tuple[str, ...]
     train: bool = True
     pool_bn: bool = True
+    partial: int = 1
 
     def setup(self):
         self.ops = [
-            make_op(name, self.channels, self.stride, affine=False, train=self.train)
+            make_op(name, self.channels // self.partial, self.stride, affine=False,
+                    train=self.train)
             for name in self.primitives
         ]
         self.pool_norms = {
@@ -446,23 +464,65 @@ class MixedOp(nn.Module):
         return self.pool_norms[str(k)](y) if str(k) in self.pool_norms else y
 
     def __call__(self, x, weights):
-        out = 0.0
-        for k, name in enumerate(self.primitives):
-            if name != "none":
-                out = out + weights[k] * self._op(k, x)
-        return out
+        def mix(x):
+            out = 0.0
+            for k, name in enumerate(self.primitives):
+                if name != "none":
+                    out = out + weights[k] * self._op(k, x)
+            return out
 
-    def sampled(self, x, hard, index):
-        branches = [lambda mdl, x, k=k: mdl._op(k, x) for k in range(len(self.ops))]
-        if self.is_initializing():
-            # Every branch must own its variables before the switch, which runs one branch.
-            for branch in branches:
-                branch(self, x)
+        return self._partial(mix, x, weights)
+
+    def sampled(self, x, weights, index):
+        n = len(self.ops)
+        branches = [lambda mdl, x, k=k: mdl._op(k, x) for k in range(n)]
+        branches.append(lambda mdl, x: zeros_out(x, self.stride))  # a path of -1
         # An unbatched index: the switch compiles to a conditional that runs one op. It is
         # rematerialised: a differentiated conditional saves the residuals of EVERY branch
         # (zeros for those not taken). Writing those made a GDAS step 2.03 s, against 0.73 s
         # with the taken op recomputed backward (bench/README.md).
-        switch = nn.checkpoint(lambda mdl, x, index: nn.switch(index, branches, mdl, x))
-        y = switch(self, x, index)
-        others = jnp.sum(jnp.where(jnp.arange(hard.shape[0]) == index, 0.0, hard))
-        return hard[index] * y + others
+        switch = nn.checkpoint(lambda mdl, x, k: nn.switch(k, branches, mdl, x))
+
+        def mix(x):
+            if self.is_initializing():
+                # Every op must own its variables before the switch, which runs one branch.
+                for branch in branches[:n]:
+                    branch(self, x)
+            if index.dtype == jnp.bool_:
+                return masked(x)
+            out = 0.0
+            for j in range(index.shape[0]):
+                k = index[j]
+                path = switch(self, x, jnp.where(k < 0, n, k))
+                out = out + jnp.where(k < 0, 0.0, weights[k]) * path
+            taken = (jnp.arange(n)[:, None] == index[None, :]).any(-1)
+            return out + jnp.sum(jnp.where(taken, 0.0, weights))
+
+        def masked(x):
+            # A (ops,) mask: op o runs where index[o], each in a two-branch conditional, where
+            # paths over every op would compile ops x (ops + 1) branches (ASAP).
+            out = 0.0
+            for k, name in enumerate(self.primitives):
+                if name != "none":  # exact zeros, as in __call__
+                    cond = nn.checkpoint(lambda mdl, x, on, k=k: nn.cond(
+                        on, branches[k], branches[n], mdl, x))
+                    out = out + weights[k] * cond(self, x, index[k])
+            return out + jnp.sum(jnp.where(index, 0.0, weights))
+
+        return self._partial(mix, x, weights)
+
+    def _partial(self, mix, x, weights):
+        if self.partial == 1:
+            return mix(x)
+        c = x.shape[-1] // self.partial
+        rest = x[..., c:]
+        if self.stride == 2:
+            if x.shape[1] % 2 or x.shape[2] % 2:
+                raise JnasError(
+                    f"`partial_channels` {self.partial} needs even feature maps at the "
+                    f"reduction cells (the bypass is max-pooled 2x2), got {x.shape[1:3]}"
+                )
+            rest = max_pool(rest, 2, 2, 0)
+        rest = rest * jnp.sum(weights).astype(x.dtype)
+        y = jnp.concatenate([mix(x[..., :c]), rest], axis=-1)
+        return einops.rearrange(y, "... (g c) -> ... (c g)", g=self.partial)

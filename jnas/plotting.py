@@ -81,6 +81,8 @@ def _draw_cell(ax, edges, concat, title: str, fontsize: float = 8) -> tuple[list
     again on a larger canvas rather than saving a clash.
     """
     steps = len(edges) // 2
+    # (op, source, node state) of the real edges: a node's missing ones (`NO_EDGE`) are not drawn.
+    edges = [(op, src, k // 2 + 2) for k, (op, src) in enumerate(edges) if op != "none"]
     pos = _layout(steps)
     xs = [x for x, _ in pos.values()]
     ys = [y for _, y in pos.values()]
@@ -88,7 +90,7 @@ def _draw_cell(ax, edges, concat, title: str, fontsize: float = 8) -> tuple[list
     ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
     ax.set_aspect("equal")
     ax.set_axis_off()
-    ax.set_title(title)
+    ax.set_title(title if concat else f"{title}: no edge")
     # Fix the final data-to-pixel transform now: label placement below measures text in pixels.
     ax.apply_aspect()
     renderer = ax.figure.canvas.get_renderer()
@@ -112,7 +114,7 @@ def _draw_cell(ax, edges, concat, title: str, fontsize: float = 8) -> tuple[list
     near_nodes = {key: _grow(box, 4.0) for key, box in nodes.items()}
 
     texts, sizes = [], []
-    for op, _ in edges:
+    for op, _, _ in edges:
         text = ax.text(
             0, 0, op, ha="center", va="center", fontsize=fontsize, zorder=5,
             rotation_mode="anchor",
@@ -126,11 +128,10 @@ def _draw_cell(ax, edges, concat, title: str, fontsize: float = 8) -> tuple[list
 
     # A node may take the same input twice (two ops); a straight line would draw both edges
     # on top of each other, so such a pair is bent to either side.
-    pairs = Counter((src, k // 2 + 2) for k, (_, src) in enumerate(edges))
+    pairs = Counter((src, dst) for _, src, dst in edges)
     bends = {}
     curves = []  # (source, target, rad) of every arrow, the edges first and in order
-    for k, (_, src) in enumerate(edges):
-        dst = k // 2 + 2
+    for _, src, dst in edges:
         if pairs[src, dst] == 1:
             rad = 0.0
         elif (src, dst) in bends:

@@ -7,6 +7,9 @@
 - `alphas.npz`: raw alpha, one array per cell type
 - `metrics.jsonl`: one JSON object per epoch
 - `genotype.png`, `alphas.png`: the derived cells and the op weights per edge
+- with `track_hessian`, `hessian.png`: the dominant eigenvalue of the Hessian in alpha per
+  epoch; with `early_stop` (DARTS-ES) the run ends when it fires, and `genotype.json` is then
+  the architecture of the epoch it keeps (the row's `early_stop`)
 - `checkpoints/<epoch>/`: the full search state after each epoch (the newest two are kept)
 - `config.json`: the settings, written with each checkpoint; rerunning with the same `save`
   resumes from the newest checkpoint and gives the same result as an uninterrupted run.
@@ -27,7 +30,8 @@ from jnas import data as jdata
 from jnas import loop
 from jnas.benchmark import PREFIX, Benchmark
 from jnas.io import atomic_write, write_json
-from jnas.plotting import plot_alpha
+from jnas.plotting import plot_alpha, plot_curves
+from jnas.robust import EIGENVALUE, darts_es
 from jnas.search import Search, SearchConfig
 from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
 
@@ -74,12 +78,18 @@ class SearchJob:
         self.mine = local_rows(self.mesh, config.batch_size)  # checks the split over devices
         self.search = Search(config, dataset.num_classes, self.steps_per_epoch, self.mesh)
         self.steps = (self.search.step, self.search.eval_step)
+        if config.track_hessian:
+            self.steps += (self.search.hessian_step,)
         self.total_steps = config.epochs * self.steps_per_epoch
         self.init_key, self.step_key = jax.random.split(jax.random.key(config.seed))
         self.benchmark = Benchmark.load(config.benchmark) if config.benchmark else None
         if self.benchmark is not None:  # an unsupported space fails now, not after an epoch
-            zeros = {t: np.zeros(s) for t, s in self.search.space.alpha_shapes().items()}
-            self.search.space.benchmark_key(self.search.derive(zeros))
+            # A zero alpha with the relaxation's entries (PC-DARTS's betas beside the cells').
+            s = self.search
+            shapes = jax.eval_shape(
+                lambda: s.relaxation.init_alpha(jax.random.key(0), s.space.alpha_shapes()))
+            zeros = {k: np.zeros(v.shape) for k, v in shapes.items()}
+            s.space.benchmark_key(s.derive({**zeros, **s.relaxation.init_state(zeros)}))
 
     def init(self):
         return self.search.init(self.init_key, jdata.preprocess(self.dataset, self.dataset.x[:2]))
@@ -112,10 +122,12 @@ class SearchJob:
         valid_loss, valid_acc = loop.evaluate(s.eval_step, s.mesh, state, self.alpha_split,
                                          self.config.batch_size)
         space = self.search.space
-        self.arch = self.search.derive(jax.device_get(state.alpha))
+        self.arch = self.search.derive(jax.device_get(self.search.relaxed(state)))
         looked_up = {}
         if self.benchmark is not None:
             looked_up = self.benchmark.lookup(space.benchmark_key(self.arch))
+        if self.config.track_hessian:
+            looked_up[EIGENVALUE] = self.hessian(state, epoch)
         return {
             **means,
             "valid_loss": valid_loss,
@@ -124,10 +136,37 @@ class SearchJob:
             **looked_up,
         }
 
+    def hessian(self, state, epoch) -> float:
+        """The eigenvalue on the epoch's first batch of the architecture's half (the official
+        code takes the epoch's last one, train_search.py L393)."""
+        cfg = self.config
+        batch = next(jdata.train_batches(self.alpha_split, cfg.batch_size, seed=cfg.seed,
+                                         epoch=2 * epoch + 1, rows=self.mine))
+        key = jax.random.fold_in(self.init_key, epoch)  # apart from the steps' keys
+        return float(self.search.hessian_step(state, put_batch(batch, self.mesh), key))
+
+    def stop(self, rows) -> bool:
+        """DARTS-ES: when it fires, the row records the epoch it keeps (`early_stop`), whose
+        architecture the files then show."""
+        cfg, last = self.config, rows[-1]
+        if "early_stop" not in last and cfg.early_stop:
+            kept = darts_es([r[EIGENVALUE] for r in rows], cfg.es_window, cfg.es_lag,
+                            cfg.es_ratio, cfg.es_start_epoch)
+            if kept is not None:
+                last["early_stop"] = kept
+        if "early_stop" not in last:
+            return False
+        self.arch = self.search.space.from_dict(rows[last["early_stop"] - 1]["genotype"])
+        return True
+
     def write(self, state, rows):
         s = self.search
-        title = f"epoch {rows[-1]['epoch']}"
-        write_architecture(self.config.save, s.space, s.relaxation, state.alpha, self.arch, title)
+        title = f"epoch {rows[-1].get('early_stop', rows[-1]['epoch'])}"
+        write_architecture(self.config.save, s.space, s.relaxation, s.relaxed(state), self.arch,
+                           title)
+        if self.config.track_hessian:
+            plot_curves(rows, os.path.join(self.config.save, "hessian.png"), "epoch",
+                        [EIGENVALUE], title="dominant eigenvalue of the Hessian in alpha")
 
     def checkpoint_due(self, epoch):
         return True
@@ -139,12 +178,17 @@ class SearchJob:
     def finish(self, state, rows):
         if rows and is_main_process():
             space, last = self.search.space, rows[-1]
+            kept = rows[last["early_stop"] - 1] if "early_stop" in last else last
             print(f"result: {self.summary(last)}", flush=True)
+            if kept is not last:
+                print(f"DARTS-ES stopped after epoch {last['epoch']}: the architecture of "
+                      f"epoch {kept['epoch']} is kept")
             if self.benchmark is not None:
-                found = {k: v for k, v in last.items() if k.startswith(PREFIX)}
+                found = {k: v for k, v in kept.items() if k.startswith(PREFIX)}
                 print(f"benchmark ({self.benchmark.source}) of the derived cell: "
                       + ", ".join(f"{k[len(PREFIX):]} {v:.2f}" for k, v in found.items()))
-            print(f"derived architecture: {space.to_string(space.from_dict(last['genotype']))}")
+            arch = space.from_dict(kept["genotype"])
+            print(f"derived architecture: {space.to_string(arch)}")
             print(f"files in {self.config.save}: {RESULT_FILES}", flush=True)
         return {"rows": rows, "state": state}
 

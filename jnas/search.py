@@ -28,6 +28,7 @@ from jnas.relax import RELAXATIONS, Relaxation, make_relaxation
 from jnas.sharding import ShardedStep, data_mesh, put_replicated
 from jnas.spaces import SPACES, Space, space_class, space_from_config
 from jnas.steps import accuracy, cross_entropy, init_variables, masked_sums
+from jnas.transforms import hessian_eigenvalues
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,8 @@ class SearchConfig:
     `SearchConfig.published(algorithm, space)` gives each algorithm's published settings
     (GDAS: 240 epochs; SNAS: 150), on NAS-Bench-201 the benchmark's released configs.
     `relaxation` None is the algorithm's; `primitives` None is the space's candidate ops;
-    `tau_max`/`tau_min` None are the relaxation's (GDAS 10 -> 0.1, SNAS 1 -> 0.03). `lam` is
+    `tau_max`/`tau_min` None are the relaxation's (GDAS 10 -> 0.1, SNAS 1 -> 0.03), as are
+    `w01`/`op_threshold` (FairDARTS's 10 and 0.85). `lam` is
     MiLeNAS's weight of the validation loss; `second_order` and `hessian` are DARTS's.
     `init_channels`, `layers`, `nodes` and `fix_reduction` shape the DARTS space,
     `init_channels` and `cells_per_stage` the NAS-Bench-201 one.
@@ -69,6 +71,7 @@ class SearchConfig:
                                   "the rest is the architecture's validation set")
     arch_learning_rate: float = option(3e-4, "alpha's Adam learning rate")
     arch_weight_decay: float = option(1e-3, "alpha's weight decay")
+    arch_beta1: float = option(0.5, "alpha's Adam beta1 (DARTS: 0.5; beta2 is 0.999)")
     grad_clip: float = option(5.0, "weights' gradient clipping by global norm (0: none)")
     second_order: bool = option(False, "DARTS's unrolled bilevel step")
     hessian: str = option("exact", "second order's Hessian-vector product",
@@ -76,9 +79,40 @@ class SearchConfig:
     lam: float = option(1.0, "MiLeNAS's weight of the validation loss in alpha's gradient")
     tau_max: float | None = option(None, "first-epoch temperature (default: the relaxation's)")
     tau_min: float | None = option(None, "last-epoch temperature (default: the relaxation's)")
+    prune_threshold: float | None = option(
+        None, "ASAP: an op is pruned once its weight is under this share of 1/ops (default: "
+        "the relaxation's, 0.4)"
+    )
+    w01: float | None = option(
+        None, "FairDARTS's weight of the zero-one loss on sigmoid(alpha) (default: the "
+        "relaxation's, 10)"
+    )
+    op_threshold: float | None = option(
+        None, "FairDARTS's derivation: a kept edge's op weight must reach it (default: the "
+        "relaxation's, 0.85)"
+    )
     fix_reduction: bool = option(
         False, "GDAS's fixed reduction cell (FRC): search the normal cell only"
     )
+    partial_channels: int = option(
+        1, "PC-DARTS's K: 1/K of each edge's channels go through its ops (1: all)"
+    )
+    warmup_epochs: int = option(
+        0, "epochs of weight steps alone before the architecture steps start (PC-DARTS: 15)"
+    )
+    track_hessian: bool = option(
+        False, "log the dominant eigenvalue of the Hessian of the architecture's validation "
+        "loss in alpha after every epoch (RobustDARTS), and plot it (hessian.png)"
+    )
+    early_stop: bool = option(
+        False, "DARTS-ES (RobustDARTS): stop once the eigenvalue's local average grew by "
+        "1/es_ratio over es_lag epochs, and keep the architecture of the earlier epoch; needs "
+        "--track_hessian"
+    )
+    es_window: int = option(5, "DARTS-ES: epochs in the eigenvalue's centred local average")
+    es_lag: int = option(5, "DARTS-ES: k, the epochs between the two compared averages")
+    es_ratio: float = option(0.75, "DARTS-ES: stop when avg(i - k) / avg(i) falls below it")
+    es_start_epoch: int = option(10, "DARTS-ES: the earliest epoch whose architecture it keeps")
     benchmark: str | None = option(
         None, "NAS-Bench-201: a NATS-Bench file or folder (pip install \"jnas[nats]\"), or a "
         "CSV with an arch column; every epoch's derived cell is looked up in it"
@@ -91,6 +125,21 @@ class SearchConfig:
     def __post_init__(self):
         check_common(self)
         check_sgd(self)
+        if not 0 <= self.arch_beta1 < 1:
+            raise JnasError(f"`arch_beta1` must lie in [0, 1), got {self.arch_beta1}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise JnasError(
+                f"`warmup_epochs` must lie in [0, `epochs`) = [0, {self.epochs}), got "
+                f"{self.warmup_epochs}: the architecture steps start after the warm-up"
+            )
+        if self.early_stop and not self.track_hessian:
+            raise JnasError("`early_stop` (DARTS-ES) reads the Hessian's eigenvalues: pass "
+                            "`track_hessian` too")
+        for name in ("es_window", "es_lag", "es_start_epoch"):
+            if getattr(self, name) < 1:
+                raise JnasError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if not 0 < self.es_ratio < 1:
+            raise JnasError(f"`es_ratio` must lie in (0, 1), got {self.es_ratio}")
         if self.hessian not in ("exact", "finite_difference"):
             raise JnasError(f"`hessian` must be exact or finite_difference, got {self.hessian!r}")
         algo = algorithm(self.algorithm)
@@ -109,7 +158,7 @@ class SearchConfig:
         """The published settings of `algorithm_name` on `space`, then `overrides`."""
         defaults = {
             **algorithm(algorithm_name).defaults,
-            **space_class(space).search_defaults.get(algorithm_name, {}),
+            **space_class(space).search_settings(algorithm_name),
         }
         return cls(algorithm=algorithm_name, space=space, **{**defaults, **overrides})
 
@@ -122,9 +171,19 @@ def search_space(config: SearchConfig) -> Space:
     return space_from_config(config, config.space, _CONFIG_DEFAULTS)
 
 
+def relaxation_options() -> tuple[str, ...]:
+    """The SearchConfig fields that are some relaxation's parameters."""
+    fields = {f.name for c in RELAXATIONS.values() for f in dataclasses.fields(c)}
+    return tuple(sorted(fields - {"epochs", "incoming"}))
+
+
 def search_relaxation(config: SearchConfig) -> Relaxation:
+    """The config's relaxation for its space's cells, with its parameters from the config
+    (None: the relaxation's default)."""
     name = config.relaxation or algorithm(config.algorithm).relaxation
-    return make_relaxation(name, config.epochs, tau_max=config.tau_max, tau_min=config.tau_min)
+    params = {f: getattr(config, f) for f in relaxation_options()}
+    return make_relaxation(name, config.epochs, incoming=search_space(config).incoming(),
+                           **params)
 
 
 class SearchState(NamedTuple):
@@ -134,6 +193,7 @@ class SearchState(NamedTuple):
     alpha: Any
     w_opt_state: Any
     alpha_opt_state: Any
+    relax_state: Any  # the relaxation's own arrays ({} for most; ASAP: its unpruned ops)
 
 
 def cosine_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -161,10 +221,13 @@ def weight_optimizer(config, schedule: optax.Schedule):
 
 
 def arch_optimizer(config: SearchConfig):
-    """PyTorch Adam with coupled weight decay, betas (0.5, 0.999)."""
+    """PyTorch Adam with coupled weight decay, betas (`arch_beta1`, 0.999), then the
+    algorithm's own transform of the updates, if any (ProxylessNAS's rescaling)."""
+    own = algorithm(config.algorithm).arch_transform
     return optax.chain(
         optax.add_decayed_weights(config.arch_weight_decay),
-        optax.adam(config.arch_learning_rate, b1=0.5, b2=0.999),
+        optax.adam(config.arch_learning_rate, b1=config.arch_beta1, b2=0.999),
+        *([own()] if own else []),
     )
 
 
@@ -193,6 +256,7 @@ class Search:
         # Batches split over the data axis, everything else replicated (jnas.sharding).
         self.step = ShardedStep(self._step, self.mesh, batch_argnums=(1, 2))
         self.eval_step = ShardedStep(self._eval_step, self.mesh, batch_argnums=(1,))
+        self.hessian_step = ShardedStep(self._hessian, self.mesh, batch_argnums=(1,))
 
     def init(self, key, sample_x) -> SearchState:
         """Weights from Flax's initialisers, alpha from the relaxation (DARTS's 1e-3 * N(0, 1)),
@@ -202,7 +266,8 @@ class Search:
         """
         k_w, k_alpha, k_path = jax.random.split(key, 3)
         alpha = self.relaxation.init_alpha(k_alpha, self.space.alpha_shapes())
-        weights, index = self.relaxation.train_weights(alpha, k_path, 0)
+        relax_state = self.relaxation.init_state(alpha)
+        weights, index = self.relaxation.train_weights({**alpha, **relax_state}, k_path, 0)
         variables = init_variables(self.model.init, k_w, sample_x, weights, index)
         params, batch_stats = variables["params"], variables["batch_stats"]
         state = SearchState(
@@ -212,12 +277,20 @@ class Search:
             alpha=alpha,
             w_opt_state=self.w_tx.init(params),
             alpha_opt_state=self.alpha_tx.init(alpha),
+            relax_state=relax_state,
         )
         return put_replicated(state, self.mesh)
 
+    @staticmethod
+    def relaxed(state: SearchState, alpha=None):
+        """What the relaxation reads: alpha (the state's, or `alpha` being differentiated) and
+        the relaxation's own state."""
+        return {**(state.alpha if alpha is None else alpha), **state.relax_state}
+
     def derive(self, alpha):
         """The discrete architecture of `alpha` by the relaxation's (or the space's) rule."""
-        return self.space.derive(self.relaxation.op_weights(alpha), self.relaxation.derivation)
+        return self.space.derive(self.relaxation.op_weights(alpha),
+                                 self.relaxation.derivation_rule(self.space.derivation))
 
     def _network(self, params, batch_stats, weights, index, x):
         logits, updates = self.model.apply(
@@ -226,9 +299,10 @@ class Search:
         )
         return logits, updates["batch_stats"]
 
-    def _loss(self, params, batch_stats, alpha, batch, key, epoch):
-        """The train-mode loss under the relaxation's sample from `key`."""
-        weights, index = self.relaxation.train_weights(alpha, key, epoch)
+    def _loss(self, params, batch_stats, alpha, batch, key, epoch, sample=None):
+        """The train-mode loss under the relaxation's sample from `key`: `sample` is the
+        relaxation's sampler (default: the weight step's, `train_weights`)."""
+        weights, index = (sample or self.relaxation.train_weights)(alpha, key, epoch)
         logits, batch_stats = self._forward(params, batch_stats, weights, index, batch["x"])
         return cross_entropy(logits, batch["y"]), (logits, batch_stats)
 
@@ -238,14 +312,24 @@ class Search:
         lr = self.lr_schedule(state.step)
         metrics = {}
         for phase in self.algorithm.order:
-            state, m = self._phases[phase](state, train_batch, val_batch, keys, lr, epoch)
+            args = (train_batch, val_batch, keys, lr, epoch)
+            if phase == "arch" and self.config.warmup_epochs:
+                # A conditional on a replicated scalar runs one branch: warm-up steps cost a
+                # weight step only.
+                state, m = jax.lax.cond(epoch >= self.config.warmup_epochs, self._arch_step,
+                                        self._no_arch_step, state, *args)
+            else:
+                state, m = self._phases[phase](state, *args)
             metrics.update(m)
+        state = state._replace(
+            relax_state=self.relaxation.update_state(self.relaxed(state), epoch)
+        )
         metrics = {
             "train_loss": metrics["train_loss"],
             "train_acc": metrics["train_acc"],
             "arch_loss": metrics["arch_loss"],
             "lr": lr,
-            **self.relaxation.metrics(epoch),
+            **self.relaxation.metrics(self.relaxed(state), epoch),
         }
         return state._replace(step=state.step + 1), metrics
 
@@ -266,7 +350,8 @@ class Search:
         # Batch statistics, not running averages, normalise in training; the running averages
         # are updated by weight steps only.
         def loss_fn(params, alpha, batch):
-            return self._loss(params, state.batch_stats, alpha, batch, keys["arch"], epoch)[0]
+            return self._loss(params, state.batch_stats, self.relaxed(state, alpha), batch,
+                              keys["arch"], epoch, self.relaxation.arch_weights)[0]
 
         ctx = ArchContext(state, train_batch, val_batch, lr, self.config)
         arch_loss, dalpha = self.algorithm.arch_gradient(loss_fn, ctx)
@@ -274,10 +359,16 @@ class Search:
         dalpha = jax.tree.map(jnp.add, dalpha, dextra)
         return self._update_alpha(state, dalpha), {"arch_loss": arch_loss + extra}
 
+    def _no_arch_step(self, state: SearchState, *args):
+        """A warm-up epoch's architecture step: none (its logged loss is 0)."""
+        del args
+        return state, {"arch_loss": jnp.zeros((), jax.tree.leaves(state.params)[0].dtype)}
+
     def _weight_step(self, state: SearchState, train_batch, val_batch, keys, lr, epoch):
         (train_loss, (logits, batch_stats)), grads = jax.value_and_grad(
             self._loss, has_aux=True
-        )(state.params, state.batch_stats, state.alpha, train_batch, keys["weights"], epoch)
+        )(state.params, state.batch_stats, self.relaxed(state), train_batch, keys["weights"],
+          epoch)
         state = self._update_weights(state, grads, batch_stats)
         return state, {"train_loss": train_loss, "train_acc": accuracy(logits, train_batch["y"])}
 
@@ -285,8 +376,8 @@ class Search:
         """One loss on the train batch, its gradients update the weights and alpha."""
 
         def loss_fn(params, alpha):
-            loss, aux = self._loss(params, state.batch_stats, alpha, train_batch,
-                                   keys["weights"], epoch)
+            loss, aux = self._loss(params, state.batch_stats, self.relaxed(state, alpha),
+                                   train_batch, keys["weights"], epoch)
             return loss + self.relaxation.loss(alpha), (loss, aux)
 
         (total, (train_loss, (logits, batch_stats))), (grads, dalpha) = jax.value_and_grad(
@@ -299,9 +390,24 @@ class Search:
             "arch_loss": total,
         }
 
+    def _hessian(self, state: SearchState, batch, key):
+        """The dominant eigenvalue of the Hessian in alpha of the architecture's objective on
+        `batch`, at the end of the epoch just run: the validation loss under the architecture
+        step's sample, train-mode BatchNorm, plus the relaxation's loss and alpha's weight
+        decay (RobustDARTS's analyze.py L122-124 and L174: `H + 1e-3 I`)."""
+        epoch = (state.step - 1) // self.steps_per_epoch
+
+        def loss_fn(params, alpha, batch):
+            loss = self._loss(params, state.batch_stats, self.relaxed(state, alpha), batch, key,
+                              epoch, self.relaxation.arch_weights)[0]
+            decay = sum(jnp.sum(a**2) for a in jax.tree.leaves(alpha))
+            return loss + self.relaxation.loss(alpha) + 0.5 * self.config.arch_weight_decay * decay
+
+        return hessian_eigenvalues(loss_fn, state.params, state.alpha, batch)[0]
+
     def _eval_step(self, state: SearchState, batch):
         """Sums over the real rows of a padded batch: (loss_sum, correct_sum, count)."""
-        weights, index = self.relaxation.eval_weights(state.alpha)
+        weights, index = self.relaxation.eval_weights(self.relaxed(state))
         logits = self.eval_model.apply(
             {"params": state.params, "batch_stats": state.batch_stats}, batch["x"], weights, index
         )

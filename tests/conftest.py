@@ -61,7 +61,8 @@ def tiny_search():
         key = (devices, tuple(sorted(config.items())))
         if key not in built:
             search = Search(
-                SearchConfig(**TINY_CONFIG, **config), 10, STEPS_PER_EPOCH, data_mesh(devices)
+                SearchConfig(**{**TINY_CONFIG, **config}), 10, STEPS_PER_EPOCH,
+                data_mesh(devices),
             )
             state = search.init(jax.random.key(0), random_batch(0)["x"][:2])
             built[key] = search, state

@@ -27,7 +27,8 @@ def test_sampled_edge_has_gdas_straight_through_weights(key):
     op = MixedOp(4, 1, SMALL_OPS)
     x = jax.random.normal(key, (2, 8, 8, 4))
     hard = jax.nn.one_hot(3, len(SMALL_OPS))
-    variables = op.init(key, x, hard, 3, method=MixedOp.sampled)
+    index = jnp.array([3])
+    variables = op.init(key, x, hard, index, method=MixedOp.sampled)
     c = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
 
     def loss(h, index):
@@ -36,9 +37,10 @@ def test_sampled_edge_has_gdas_straight_through_weights(key):
         return jnp.sum(c * out)
 
     single, _ = op.apply(variables, x, method=lambda m, x: m.ops[3](x), mutable=["batch_stats"])
-    out, _ = op.apply(variables, x, hard, 3, method=MixedOp.sampled, mutable=["batch_stats"])
+    out, _ = op.apply(variables, x, hard, index, method=MixedOp.sampled,
+                      mutable=["batch_stats"])
     np.testing.assert_allclose(out, single, rtol=1e-5, atol=1e-6)
-    grad = jax.grad(loss)(hard, 3)
+    grad = jax.grad(loss)(hard, index)
     # d/dh_k = <c, op_k(x)> for the sampled k; d/dh_j = sum(c) for the others.
     # float32 sums of 512 terms: tolerances relative to the terms' magnitude.
     scale = float(jnp.sum(jnp.abs(c * single)) + jnp.sum(jnp.abs(c)))
@@ -66,12 +68,12 @@ def test_gdas_network_equals_the_network_with_the_sampled_op_alone_per_edge(key,
         jax.eval_shape(lambda: net.init(jax.random.key(4), x, weights)))
 
     if train:  # a fresh sample is not the argmax of alpha everywhere
-        assert any(np.any(np.asarray(index[t]) != np.argmax(alpha[t], -1)) for t in index)
+        assert any(np.any(np.asarray(index[t][:, 0]) != np.argmax(alpha[t], -1)) for t in index)
     else:
         for t in index:
-            np.testing.assert_array_equal(index[t], np.argmax(alpha[t], -1))
+            np.testing.assert_array_equal(index[t][:, 0], np.argmax(alpha[t], -1))
     # DARTS's mixture with one-hot weights: every op computed, one weighted.
-    single = {t: jax.nn.one_hot(i, len(SMALL_OPS)) for t, i in index.items()}
+    single = {t: jax.nn.one_hot(i[:, 0], len(SMALL_OPS)) for t, i in index.items()}
 
     # Jitted: eager op-by-op dispatch of the whole network is slower than compiling it.
     @jax.jit
@@ -95,8 +97,8 @@ def test_one_sample_per_cell_type_shared_by_the_batch(key):
     gdas = make_relaxation("gdas", 1)
     alpha = gdas.init_alpha(key, {"normal": (5, len(SMALL_OPS)), "reduce": (5, 3)})
     weights, index = gdas.train_weights(alpha, jax.random.key(5), 0)
-    assert weights["normal"].shape == (5, len(SMALL_OPS)) and index["normal"].shape == (5,)
-    assert weights["reduce"].shape == (5, 3) and index["reduce"].shape == (5,)
+    assert weights["normal"].shape == (5, len(SMALL_OPS)) and index["normal"].shape == (5, 1)
+    assert weights["reduce"].shape == (5, 3) and index["reduce"].shape == (5, 1)
 
 
 def compiled_step_text(search, state):
@@ -112,8 +114,9 @@ def conditionals(hlo):
 
 def test_compiled_gdas_step_runs_one_op_per_edge_through_conditionals(tiny_search):
     gdas = conditionals(compiled_step_text(*tiny_search(algorithm="gdas")))
-    # One per edge group and cell type in each forward pass, and more in the backward ones.
-    assert len(gdas) >= 4 and set(gdas) == {len(OPS)}, gdas
+    # One per edge group and cell type in each forward pass, and more in the backward ones;
+    # each branches over the ops and zeros (a path of -1).
+    assert len(gdas) >= 4 and set(gdas) == {len(OPS) + 1}, gdas
     assert conditionals(compiled_step_text(*tiny_search(algorithm="darts"))) == []
 
 

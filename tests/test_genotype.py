@@ -15,6 +15,7 @@ from jnas.genotype import (
     DARTS_V1,
     DARTS_V2,
     GENOTYPES,
+    NO_EDGE,
     PRIMITIVES,
     Genotype,
     alpha_weights,
@@ -244,7 +245,16 @@ def with_edge(k, entry, field="normal"):
             with_edge(0, ("conv_9x9", 0)),
             r"normal edge 0 uses unknown op 'conv_9x9'; known ops: max_pool_3x3, .*dil_conv_5x5",
         ),
-        (with_edge(3, ("none", 1), "reduce"), r"reduce edge 3 \(node 1\) chooses 'none'"),
+        # 'none' marks a missing edge (FairDARTS): a node without edges has no value.
+        (
+            with_("normal", (*DARTS_V2.normal[:2], NO_EDGE, NO_EDGE, *DARTS_V2.normal[4:])),
+            "normal_concat lists state 3, node 1, which has no edge",
+        ),
+        (
+            with_("reduce", (*DARTS_V2.reduce[:2], NO_EDGE, NO_EDGE, *DARTS_V2.reduce[4:7],
+                             ("skip_connect", 3))),
+            r"reduce node 3 \(edge 7\) takes input 3, node 1, which has no edge",
+        ),
         (with_("normal", DARTS_V2.normal[:3]), "normal has 3 edges; .*2 edges per node"),
         (with_("reduce", ()), "reduce has 0 edges"),
         (
@@ -380,8 +390,8 @@ def test_plot_genotype_writes_png(tmp_path):
 
 
 def test_plot_genotype_rejects_invalid(tmp_path):
-    with pytest.raises(JnasError, match="chooses 'none'"):
-        plot_genotype(with_edge(0, ("none", 0)), tmp_path / "g.png")
+    with pytest.raises(JnasError, match="normal has 3 edges"):
+        plot_genotype(with_("normal", DARTS_V2.normal[:3]), tmp_path / "g.png")
     assert not (tmp_path / "g.png").exists()
 
 

@@ -37,6 +37,9 @@ STEPS = {
     "darts_2nd": {"algorithm": "darts", "second_order": True},
     "gdas": {"algorithm": "gdas"},
     "milenas": {"algorithm": "milenas", "lam": 0.5},
+    # A mask of conditionals with the relaxation's state; two paths.
+    "asap": {"algorithm": "asap", "warmup_epochs": 0, "prune_threshold": 0.9},
+    "proxyless": {"algorithm": "proxyless", "warmup_epochs": 0},
 }
 # Data parallelism does not depend on the ops: without a convolution the steps compile fast.
 # max_pool_3x3 brings BatchNorm statistics, skip_connect a FactorizedReduce in reductions.
@@ -85,9 +88,9 @@ def test_step_on_four_devices_equals_one_device(name):
         chex.assert_trees_all_close(jax.device_get(one), jax.device_get(four), rtol=1e-10,
                                     atol=1e-12)
         chex.assert_trees_all_close(m_one, m_four, rtol=1e-10, atol=1e-12)
-        if name == "gdas":
-            # Partitioning must keep the single path: the sampled op still runs in a
-            # conditional on a replicated index, not a select over all ops.
+        if name in ("gdas", "asap"):
+            # Partitioning must keep the paths: the sampled (unpruned) ops still run in
+            # conditionals on a replicated index (mask), not a select over all ops.
             batch = put_batch(as_float64(random_batch(1)), search.mesh)
             hlo = search.step.lower(four, batch, batch, jax.random.key(0)).compile().as_text()
             assert len(re.findall(r"\bconditional\(", hlo)) >= 4

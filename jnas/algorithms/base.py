@@ -40,6 +40,8 @@ class Algorithm:
     options: tuple[str, ...] = ()  # SearchConfig fields that only this algorithm reads
     defaults: dict = dataclasses.field(default_factory=dict)  # its paper's, over DARTS's
     doc: str = ""
+    # An optax transform applied to alpha's Adam updates (None: none).
+    arch_transform: Callable | None = None
 
     def __post_init__(self):
         unknown = [p for p in self.order if p not in PHASES]

@@ -1,6 +1,14 @@
 """Relaxations of alpha, by name (`RELAXATIONS`); importing this package registers them."""
 
-from jnas.relax import gdas, snas, softmax  # noqa: F401  (registration)
+from jnas.relax import (  # noqa: F401  (registration)
+    asap,
+    fair,
+    gdas,
+    pcdarts,
+    proxyless,
+    snas,
+    softmax,
+)
 from jnas.relax.base import RELAXATIONS, Relaxation, make_relaxation, register
 
 __all__ = ["RELAXATIONS", "Relaxation", "make_relaxation", "register"]

@@ -2,9 +2,10 @@
 
 A relaxation maps alpha `{cell type: (edges, ops)}`, plus a key and the epoch where it
 samples or anneals, to `(weights, index)`: per cell type the (edges, ops) op weights, and for
-single-path relaxations the (edges,) op that each edge runs (None: every op runs, weighted).
+path-sampling relaxations the (edges, paths) ops that each edge runs, -1 for none (None: every
+op runs, weighted; `jnas.ops.MixedOp.sampled`).
 It gives the deterministic weights that evaluation, drawings and derivation read, may add a
-loss on alpha, and names its derivation rule (None: the space's). A new relaxation is a file
+loss on alpha, and may change the space's derivation rule. A new relaxation is a file
 with a `register`ed subclass.
 """
 
@@ -30,9 +31,10 @@ def register(cls: type[Relaxation]) -> type[Relaxation]:
     return cls
 
 
-def make_relaxation(name: str, epochs: int, **params) -> Relaxation:
-    """The relaxation `name` for a run of `epochs` epochs; `params` are its fields (a value of
-    None keeps the field's default)."""
+def make_relaxation(name: str, epochs: int, incoming=(), **params) -> Relaxation:
+    """The relaxation `name` for a run of `epochs` epochs over cells whose nodes have the
+    `incoming` edges (`Space.incoming`); `params` are its fields (a value of None keeps the
+    field's default)."""
     if name not in RELAXATIONS:
         raise JnasError(f"unknown relaxation {name!r}; known: {', '.join(RELAXATIONS)}")
     cls = RELAXATIONS[name]
@@ -46,7 +48,7 @@ def make_relaxation(name: str, epochs: int, **params) -> Relaxation:
             f"{', '.join(f'`{k}`' for k in foreign)} is not a parameter of the {name} "
             f"relaxation (it is of: {', '.join(takers) or 'none'})"
         )
-    return cls(epochs=epochs, **given)
+    return cls(epochs=epochs, incoming=tuple(map(tuple, incoming)), **given)
 
 
 def softmax(a):
@@ -70,19 +72,39 @@ def per_cell_type(fn, key, alpha: Alpha) -> dict[str, jax.Array]:
 @dataclasses.dataclass(frozen=True)
 class Relaxation:
     epochs: int = 1
+    incoming: tuple[tuple[int, ...], ...] = ()  # per node, its incoming edges' alpha rows
     name: ClassVar[str]
-    derivation: ClassVar[str | None] = None
 
     def init_alpha(self, key, shapes: dict[str, tuple[int, int]]) -> Alpha:
         """DARTS's initialisation, 1e-3 * N(0, 1)."""
         return per_cell_type(lambda k, s: 1e-3 * jax.random.normal(k, s), key, shapes)
 
+    def init_state(self, alpha: Alpha) -> dict[str, jax.Array]:
+        """Arrays of the relaxation's own, kept beside alpha but not optimised (none by
+        default; ASAP: its unpruned ops). Its methods read them merged into `alpha`."""
+        del alpha
+        return {}
+
+    def update_state(self, alpha: Alpha, epoch) -> dict[str, jax.Array]:
+        """The state after a step, from alpha merged with the state (unchanged by default)."""
+        del epoch
+        return {k: alpha[k] for k in self.init_state(alpha)}
+
     def train_weights(self, alpha: Alpha, key, epoch) -> EdgeWeights:
         raise NotImplementedError
+
+    def arch_weights(self, alpha: Alpha, key, epoch) -> EdgeWeights:
+        """What the architecture step's losses run (by default the weight step's sample)."""
+        return self.train_weights(alpha, key, epoch)
 
     def eval_weights(self, alpha: Alpha) -> EdgeWeights:
         """What evaluation runs: by default the training weights' expectation, softmax."""
         return self.op_weights(alpha), None
+
+    def derivation_rule(self, space_rule: str):
+        """The rule that derives the architecture from `op_weights` (a name in
+        `jnas.derive.RULES` or a rule), given the space's `space_rule` (by default that)."""
+        return space_rule
 
     def op_weights(self, alpha: Alpha) -> dict[str, jax.Array]:
         """The deterministic op weights that derivation and the drawings read."""
@@ -93,9 +115,9 @@ class Relaxation:
         del alpha
         return jnp.zeros(())
 
-    def metrics(self, epoch) -> dict[str, Any]:
-        """Per-step values worth logging (a temperature)."""
-        del epoch
+    def metrics(self, alpha: Alpha, epoch) -> dict[str, Any]:
+        """Per-step values worth logging (a temperature), from alpha merged with the state."""
+        del alpha, epoch
         return {}
 
 
@@ -117,5 +139,6 @@ class Annealed(Relaxation):
     def tau(self, epoch):
         raise NotImplementedError
 
-    def metrics(self, epoch):
+    def metrics(self, alpha, epoch):
+        del alpha
         return {"tau": self.tau(epoch)}

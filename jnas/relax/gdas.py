@@ -20,7 +20,8 @@ from jnas.transforms import gumbel_softmax
 
 
 def _indexed(hard):
-    return hard, {t: jnp.argmax(h, -1) for t, h in hard.items()}
+    """The one-hot weights and their single paths, (edges, 1)."""
+    return hard, {t: jnp.argmax(h, -1)[:, None] for t, h in hard.items()}
 
 
 @register

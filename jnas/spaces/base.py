@@ -3,7 +3,7 @@
 A space is a frozen dataclass registered by name (`SPACES`). It gives the shape of alpha per
 cell type, its supernet as a Flax module applied as `model.apply(variables, x, weights,
 index)` (`weights` {cell type: (edges, ops)} op weights from a relaxation, `index` {cell
-type: (edges,)} single-path ops or None), the nodes' incoming edges that derivation rules
+type: (edges, paths)} sampled ops or None), the nodes' incoming edges that derivation rules
 read (`jnas.derive`), and the discrete architecture: derived, validated, written as JSON and
 as the benchmark's string, and drawn. A new space is a file with a `register`ed subclass.
 """
@@ -54,11 +54,23 @@ def space_from_config(config, name: str, defaults: dict[str, Any]) -> Space:
     return cls(**{k: v for k, v in values.items() if v is not None})
 
 
+def check_partial_channels(k: int, init_channels: int) -> None:
+    """Every cell's channels (a power-of-two multiple of `init_channels`) split into K
+    groups."""
+    if init_channels % k:
+        raise JnasError(
+            f"`partial_channels` {k} must divide `init_channels` {init_channels}: the ops see "
+            f"1/{k} of each edge's channels"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Space:
     name: ClassVar[str]
     derivation: ClassVar[str]  # the rule of the space's published code
-    # {algorithm: SearchConfig fields}: the published search settings on this space.
+    # SearchConfig fields: the space's search settings for every algorithm, then {algorithm:
+    # fields}: an algorithm's published settings on this space (`search_settings`).
+    search_base: ClassVar[dict[str, Any]] = {}
     search_defaults: ClassVar[dict[str, dict]] = {}
     # TrainConfig fields: the published protocol that trains this space's architectures from
     # scratch (`jnas.evaluation`); TrainConfig's own defaults are DARTS's.
@@ -66,6 +78,10 @@ class Space:
     # {name: architecture}: published architectures that `load_arch` knows by name.
     known_archs: ClassVar[dict[str, Any]] = {}
     primitives: tuple[str, ...]
+
+    @classmethod
+    def search_settings(cls, algorithm: str) -> dict[str, Any]:
+        return {**cls.search_base, **cls.search_defaults.get(algorithm, {})}
 
     # -- alpha -------------------------------------------------------------------------------
     def cell_types(self) -> tuple[str, ...]:
@@ -88,6 +104,25 @@ class Space:
                 raise JnasError(
                     f"`{name}[{t!r}]` has shape {tuple(np.shape(alpha[t]))}, the {self.name} "
                     f"space needs {shape} ({shape[0]} edges, {shape[1]} candidate ops)"
+                )
+
+    def check_index(self, index, name: str = "index") -> None:
+        """Raise unless `index` is {cell type: (edges, paths) ints}, the sampled ops per edge
+        (-1: none) of a path-sampling relaxation, or (edges, ops) booleans, the ops to run."""
+        want = self.cell_types()
+        if not hasattr(index, "keys") or sorted(index) != sorted(want):
+            keys = sorted(index) if hasattr(index, "keys") else type(index).__name__
+            raise JnasError(f"`{name}` needs the keys {sorted(want)}, got {keys}")
+        for t in want:
+            shape, dtype = tuple(np.shape(index[t])), getattr(index[t], "dtype", None)
+            mask = dtype == np.bool_ and shape == (self.num_edges(), len(self.primitives))
+            if not mask and (len(shape) != 2 or shape[0] != self.num_edges() or dtype is None
+                             or not np.issubdtype(dtype, np.integer)):
+                raise JnasError(
+                    f"`{name}[{t!r}]` must be a ({self.num_edges()}, paths) int array, the "
+                    f"sampled ops of each edge, or a ({self.num_edges()}, "
+                    f"{len(self.primitives)}) bool mask of the ops to run, got shape {shape} "
+                    f"and dtype {dtype}"
                 )
 
     # -- the supernet ------------------------------------------------------------------------

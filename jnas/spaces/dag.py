@@ -8,9 +8,10 @@ Compile time is the cost that binds (a Python loop over 8 cells x 14 edges x 8 o
 minutes to compile), so a cell traces its mixed op twice: once for the edges from the cell
 inputs, which depend on the inputs alone (run at once with `nn.vmap`), and once for the
 edges between nodes, one per iteration of an `nn.scan` in an order where every node is
-complete before it is read. Single-path relaxations (GDAS) run both groups with `nn.scan`:
-each iteration switches on one edge's sampled op, an unbatched index, so only that op is
-computed (under `vmap` the switch would become a select that computes every op). Both forms
+complete before it is read. Path-sampling relaxations (GDAS, ProxylessNAS, ASAP) run both
+groups with `nn.scan`: each iteration switches on one edge's sampled ops, unbatched indices,
+so only those ops are computed (under `vmap` the switch would become a select that computes
+every op). Both forms
 store a group's parameters stacked on axis 0 under the same names (`edges_0`, `edges_1`), so
 one set of weights serves both.
 """
@@ -55,7 +56,8 @@ def cell_nodes(make_op, inputs: list, steps: int, weights, index=None, *,
                vmap_inputs: bool = True) -> list:
     """The `steps` node states of a cell whose edges are mixed ops `make_op(group, name)`
     (group 0: the edges from the inputs, 1: the inner ones), called inside a compact method.
-    `weights` (edges, ops); with `index` (edges,) each edge runs its indexed op only.
+    `weights` (edges, ops); with `index` (edges, paths) ints, or an (edges, ops) mask, each edge
+    runs those ops only (`MixedOp.sampled`).
     `vmap_inputs=False` runs the input edges one per `scan` iteration even when every op is
     weighted: a vmapped full convolution becomes a grouped one, which XLA:CPU runs many times
     slower (NAS-Bench-201's ReLU-conv-BN ops; bench/README.md)."""

@@ -37,8 +37,8 @@ class SearchCell(nn.Module):
     """A DARTS cell: 2 inputs, `steps` nodes, every node mixes all earlier states.
 
     `weights` has shape (edges, ops); the output concatenates the last `multiplier` states.
-    With `index` (edges,) the cell is GDAS's: `weights` are one-hot (straight-through) and edge
-    e computes op `index[e]` only.
+    With `index` (edges, paths) each edge computes its indexed ops only (GDAS: one path, with
+    one-hot straight-through `weights`; `jnas.ops.MixedOp.sampled`).
     """
 
     channels: int
@@ -48,6 +48,7 @@ class SearchCell(nn.Module):
     steps: int = 4
     multiplier: int = 4
     train: bool = True
+    partial_channels: int = 1
 
     @nn.compact
     def __call__(self, s0, s1, weights, index=None):
@@ -56,7 +57,8 @@ class SearchCell(nn.Module):
         stride = (2 if self.reduction else 1, 1)
 
         def make_op(group, name):
-            return MixedOp(c, stride[group], self.primitives, self.train, name=name)
+            return MixedOp(c, stride[group], self.primitives, self.train,
+                           partial=self.partial_channels, name=name)
 
         states = [s0, s1, *dag.cell_nodes(make_op, [s0, s1], self.steps, weights, index)]
         return jnp.concatenate(states[-self.multiplier :], axis=-1)
@@ -78,8 +80,8 @@ class SearchNetwork(nn.Module):
     Reduction cells sit at `layers // 3` and `2 * layers // 3`. Call as
     `model.apply(variables, x, weights, index, mutable=["batch_stats"])` with NHWC images `x`,
     `weights = {"normal": (edges, ops), "reduce": (edges, ops)}` op weights from a relaxation
-    (`jnas.relax`; DARTS's: softmax(alpha)) and, for single-path relaxations (GDAS), `index`
-    {cell type: (edges,)}: each edge then computes its indexed op only.
+    (`jnas.relax`; DARTS's: softmax(alpha)) and, for path-sampling relaxations (GDAS), `index`
+    {cell type: (edges, paths)}: each edge then computes its indexed ops only.
 
     - `fixed_reduction=True`: GDAS's FRC replaces the searched reduction cell, and the weights
       have the "normal" entry only.
@@ -98,6 +100,7 @@ class SearchNetwork(nn.Module):
     fixed_reduction: bool = False
     reductions: tuple[int, ...] | None = None  # reduction cell indices; None: DARTS's two
     stem_stride: int = 1
+    partial_channels: int = 1
 
     def reduction_layers(self) -> tuple[int, ...]:
         return reduction_layers(self.layers, self.reductions)
@@ -106,8 +109,11 @@ class SearchNetwork(nn.Module):
     def __call__(self, x, weights, index=None):
         primitives = check_primitives(self.primitives)
         space = DartsSpace(primitives, self.init_channels, self.layers, self.steps,
-                           self.fixed_reduction, self.reductions, self.stem_stride)
+                           self.fixed_reduction, self.reductions, self.stem_stride,
+                           self.partial_channels)
         space.check_alpha(weights, "weights")
+        if index is not None:
+            space.check_index(index)
         if x.ndim != 4 or min(x.shape[1:3]) < 8:
             raise JnasError(f"inputs must be NHWC images of at least 8x8, got shape {x.shape}")
         c = self.init_channels
@@ -129,7 +135,7 @@ class SearchNetwork(nn.Module):
             else:
                 cell = SearchCell(
                     c, reduction, reduction_prev, primitives, self.steps, self.multiplier,
-                    self.train,
+                    self.train, self.partial_channels,
                 )
                 t = "reduce" if reduction else "normal"
                 out = cell(s0, s1, weights[t], None if index is None else index[t])
@@ -144,7 +150,8 @@ class DartsSpace(base.Space):
     """DARTS's CIFAR space: 8 ops, cells of 2 inputs and `nodes` nodes, separate normal and
     reduction alphas, derivation by DARTS's top-2 rule; the architecture is a `Genotype`.
     `fix_reduction` is GDAS's FRC (only the normal cell is searched); `reductions` and
-    `stem_stride` serve T-NAS's few-shot network."""
+    `stem_stride` serve T-NAS's few-shot network; `partial_channels` K > 1 sends 1/K of each
+    edge's channels through its ops (PC-DARTS)."""
 
     name: ClassVar[str] = "darts"
     derivation: ClassVar[str] = "darts"
@@ -156,13 +163,15 @@ class DartsSpace(base.Space):
     fix_reduction: bool = False
     reductions: tuple[int, ...] | None = None
     stem_stride: int = 1
+    partial_channels: int = 1
 
     def __post_init__(self):
         check_primitives(self.primitives)
-        for name in ("init_channels", "layers", "nodes"):
+        for name in ("init_channels", "layers", "nodes", "partial_channels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise JnasError(f"`{name}` must be a positive int, got {value!r}")
+        base.check_partial_channels(self.partial_channels, self.init_channels)
         self.check_cell_types()
         if self.fix_reduction:
             check_fixed_reduction(self.nodes, self.primitives)
@@ -211,6 +220,7 @@ class DartsSpace(base.Space):
             fixed_reduction=self.fix_reduction,
             reductions=self.reductions,
             stem_stride=self.stem_stride,
+            partial_channels=self.partial_channels,
         )
 
     def architecture(self, derived):

@@ -6,7 +6,11 @@ global average pooling and a linear classifier. A cell applies the genotype's tw
 to the chosen states and sums them; its output concatenates the states in the genotype's
 concat list. BatchNorm is affine and pooling has none. In training, every op but the identity
 goes through drop path, and an auxiliary head reads the output of the cell at 2/3 of the
-depth. A genotype with an empty reduction cell is GDAS's: its reduction cells are the fixed
+depth. A node's missing edge (`NO_EDGE`, from FairDARTS's threshold derivation) adds nothing,
+and a node with no edge is left out of the concatenation, as FairDARTS's evaluation cell
+(xiaomi-automl/FairDARTS 270cfc9, fairdarts/model.py L60-117, `DCOCell`) leaves it out; that
+cell drops paths on each node's sum (L113-114), here each op's output is dropped as DARTS's.
+A genotype with an empty reduction cell is GDAS's: its reduction cells are the fixed
 reduction cell (FRC).
 
 Called as `model.apply(variables, x, drop_prob, rngs={"dropout": key},
@@ -41,10 +45,18 @@ class EvalCell(nn.Module):
             gene, concat = g.reduce, g.reduce_concat
         else:
             gene, concat = g.normal, g.normal_concat
+        if not concat:
+            cell = "reduction" if self.reduction else "normal"
+            raise JnasError(
+                f"the genotype's {cell} cell has no edge, so no output to train (FairDARTS: "
+                "no op weight reached `op_threshold`; search longer or lower it)"
+            )
         states = list(preprocess(c, self.reduction_prev, True, self.train, s0, s1))
         for node in range(len(gene) // 2):
-            total = 0.0
+            total = 0.0  # a node with no edge: never read (`jnas.genotype.validate_genotype`)
             for name, source in gene[2 * node : 2 * node + 2]:
+                if name == "none":
+                    continue
                 stride = 2 if self.reduction and source < 2 else 1
                 op = make_op(name, c, stride, affine=True, train=self.train)
                 h = op(states[source])

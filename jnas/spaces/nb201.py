@@ -149,8 +149,8 @@ def from_string(text, primitives: Sequence[str] = NB201_OPS) -> tuple[str, ...]:
 class NB201Cell(nn.Module):
     """An NB201 search cell: node j (1..3) sums a mixed op on each node i < j; returns node 3.
 
-    `weights` (6, ops) per-edge op weights in alpha's row order; with `index` (6,) each edge
-    runs its indexed op only (single-path relaxations such as GDAS). Parameters are grouped
+    `weights` (6, ops) per-edge op weights in alpha's row order; with `index` (6, paths) each
+    edge runs its indexed ops only (path-sampling relaxations such as GDAS). Parameters are grouped
     as the DAG runner stores them: `edges_0` the edges 1<-0, 2<-0, 3<-0 (rows 0, 1, 3) and
     `edges_1` the edges 2<-1, 3<-1, 3<-2 (rows 2, 4, 5), each stacked on axis 0 in that order.
     BatchNorm is affine-free and pooling has no BatchNorm, as in the benchmark's search cell.
@@ -159,6 +159,7 @@ class NB201Cell(nn.Module):
     channels: int
     primitives: tuple[str, ...] = NB201_OPS
     train: bool = True
+    partial_channels: int = 1
 
     @nn.compact
     def __call__(self, x, weights, index=None):
@@ -170,7 +171,7 @@ class NB201Cell(nn.Module):
         def make_op(group, name):
             del group  # every edge has stride 1
             return MixedOp(self.channels, 1, self.primitives, self.train, pool_bn=False,
-                           name=name)
+                           partial=self.partial_channels, name=name)
 
         return dag.cell_nodes(make_op, [x], STEPS, weights, index, vmap_inputs=False)[-1]
 
@@ -235,7 +236,7 @@ class NB201Network(nn.Module):
 
     Call as `model.apply(variables, x, weights, index, mutable=["batch_stats"])` with NHWC
     images `x` (height and width divisible by 4), `weights = {"cell": (6, ops)}` op weights
-    shared by every cell and, for single-path relaxations, `index = {"cell": (6,)}` ints.
+    shared by every cell and, for path-sampling relaxations, `index = {"cell": (6, paths)}` ints.
     Parameters: `stem`, `BatchNorm_0` (the stem's), `cells_0`, `block_1`, `cells_1`,
     `block_2`, `cells_2`, `BatchNorm_1` (before the pooling), `classifier`; the N cells of
     stage s are stacked on axis 0 of `cells_s`.
@@ -246,17 +247,19 @@ class NB201Network(nn.Module):
     cells_per_stage: int = 5
     primitives: tuple[str, ...] = NB201_OPS
     train: bool = True
+    partial_channels: int = 1
 
     @nn.compact
     def __call__(self, x, weights, index=None):
-        space = NB201Space(tuple(self.primitives), self.channels, self.cells_per_stage)
+        space = NB201Space(tuple(self.primitives), self.channels, self.cells_per_stage,
+                           self.partial_channels)
         space.check_alpha(weights, "weights")
         if index is not None:
             space.check_index(index)
         _check_images(x)
 
         def cell(c, name):
-            return NB201Cell(c, space.primitives, self.train, name=name)
+            return NB201Cell(c, space.primitives, self.train, self.partial_channels, name=name)
 
         w, i = weights["cell"], None if index is None else index["cell"]
         return _skeleton(x, self.channels, self.cells_per_stage, self.num_classes, self.train,
@@ -328,12 +331,16 @@ class NB201Space(base.Space):
     # The benchmark's released search settings (AutoDL-Projects, configs/nas-benchmark/algos/
     # DARTS.config and GDAS.config L2-12: SGD 0.025 cosine to 0.001, momentum 0.9, Nesterov,
     # weight decay 5e-4, batch 64, 50 and 250 epochs; scripts-search/NAS-Bench-201-algos/
-    # *.sh: architecture Adam 3e-4, weight decay 1e-3, tau 10 -> 0.1). MiLeNAS and SNAS have
-    # no released config: they take DARTS's, so that a comparison differs in the algorithm only.
-    search_defaults: ClassVar[dict[str, dict]] = {
-        name: {"weight_decay": 5e-4, "nesterov": True, "epochs": 250 if name == "gdas" else 50}
-        for name in ("darts", "gdas", "milenas", "snas")
+    # *.sh: architecture Adam 3e-4, weight decay 1e-3, tau 10 -> 0.1), on the space's 5 ops.
+    # The algorithms without a released config (MiLeNAS, SNAS, PC-DARTS, FairDARTS,
+    # RobustDARTS, ASAP, ProxylessNAS) train the weights as DARTS.config does, so that a
+    # comparison differs in the algorithm only, and keep their own architecture-side settings
+    # (alpha's optimiser, relaxation, partial channels, warm-up, losses).
+    search_base: ClassVar[dict[str, Any]] = {
+        "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001,
+        "weight_decay": 5e-4, "nesterov": True, "epochs": 50, "primitives": None,
     }
+    search_defaults: ClassVar[dict[str, dict]] = {"gdas": {"epochs": 250}}
     # The benchmark's training (AutoDL-Projects f46486e, configs/nas-benchmark/CIFAR.config:
     # SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4, batch 256, 200 epochs, cosine to 0
     # stepped per epoch, procedures/optimizers.py L81-107; crop and flip, no cutout, no
@@ -346,6 +353,7 @@ class NB201Space(base.Space):
     primitives: tuple[str, ...] = NB201_OPS
     init_channels: int = 16
     cells_per_stage: int = 5
+    partial_channels: int = 1
 
     def __post_init__(self):
         if isinstance(self.primitives, str) or not isinstance(self.primitives, Sequence):
@@ -355,10 +363,11 @@ class NB201Space(base.Space):
         except JnasError as e:
             raise JnasError(f"`primitives`: {e}") from None
         object.__setattr__(self, "primitives", primitives)
-        for name in ("init_channels", "cells_per_stage"):
+        for name in ("init_channels", "cells_per_stage", "partial_channels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
                 raise JnasError(f"`{name}` must be a positive int, got {value!r}")
+        base.check_partial_channels(self.partial_channels, self.init_channels)
 
     # -- alpha -------------------------------------------------------------------------------
     def cell_types(self):
@@ -366,18 +375,6 @@ class NB201Space(base.Space):
 
     def num_edges(self):
         return NUM_EDGES
-
-    def check_index(self, index, name: str = "index") -> None:
-        """Raise unless `index` is {"cell": (6,) ints}, the single-path ops per edge."""
-        if not isinstance(index, Mapping) or sorted(index) != ["cell"]:
-            keys = sorted(index) if isinstance(index, Mapping) else type(index).__name__
-            raise JnasError(f"`{name}` needs the keys ['cell'], got {keys}")
-        shape, dtype = tuple(np.shape(index["cell"])), getattr(index["cell"], "dtype", None)
-        if shape != (NUM_EDGES,) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
-            raise JnasError(
-                f"`{name}['cell']` must be a ({NUM_EDGES},) int array, one op per edge, got "
-                f"shape {shape} and dtype {dtype}"
-            )
 
     # -- the supernet ------------------------------------------------------------------------
     def network(self, num_classes, *, train):
@@ -387,6 +384,7 @@ class NB201Space(base.Space):
             cells_per_stage=self.cells_per_stage,
             primitives=self.primitives,
             train=train,
+            partial_channels=self.partial_channels,
         )
 
     # -- derivation --------------------------------------------------------------------------
