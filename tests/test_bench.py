@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.common import ROOT
 
 # One item per script and space: search_step.py's second-order DARTS and GDAS rows (the other
@@ -16,6 +18,7 @@ from tests.common import ROOT
 SMOKED = ("darts_2nd", "gdas", "nb201_gdas", "tnas_mini")
 
 
+@pytest.mark.slow  # 110 s: a check of the prepared GPU run, not of the library
 def test_gpu_benchmark_smoke_run_prints_every_item():
     env = {**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
