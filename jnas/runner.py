@@ -4,7 +4,8 @@
 
 - `genotype.json`: the architecture derived from the current alpha (the space's JSON: the
   official DARTS layout, or NAS-Bench-201's string)
-- `alphas.npz`: raw alpha, one array per cell type
+- `alphas.npz`: raw alpha, one array per cell type, plus the relaxation's own entries (PC-DARTS's
+  betas, ASAP's unpruned ops)
 - `metrics.jsonl`: one JSON object per epoch
 - `genotype.png`, `alphas.png`: the derived cells and the op weights per edge
 - with `track_hessian`, `hessian.png`: the dominant eigenvalue of the Hessian in alpha per
