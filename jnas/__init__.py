@@ -8,6 +8,7 @@ The search algorithms are pure transforms over `loss_fn(w, alpha, batch)` and an
 
 from jnas.errors import JnasError
 from jnas.evaluation import count_params
+from jnas.federated import client_steps, federated_round, weighted_average
 from jnas.genotype import (
     DARTS_V1,
     DARTS_V2,
@@ -18,6 +19,7 @@ from jnas.genotype import (
     save_genotype,
     validate_genotype,
 )
+from jnas.partition import partition
 from jnas.spaces import SearchCell, SearchNetwork
 from jnas.transforms import (
     darts_hypergrad,
@@ -37,18 +39,22 @@ __all__ = [
     "JnasError",
     "SearchCell",
     "SearchNetwork",
+    "client_steps",
     "count_params",
     "darts_hypergrad",
     "derive_genotype",
+    "federated_round",
     "gumbel_softmax",
     "hessian_eigenvalues",
     "load_genotype",
     "maml_adapt",
     "maml_meta_grad",
     "milenas_hypergrad",
+    "partition",
     "save_genotype",
     "unrolled_step",
     "validate_genotype",
+    "weighted_average",
 ]
 
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ import jax
 from jnas.algorithms import ALGORITHMS, algorithm
 from jnas.errors import JnasError
 from jnas.evaluation import TrainConfig, run_train
+from jnas.fednas import STAGES, UNFEDERATED, FedConfig, local_defaults, run_fednas
 from jnas.io import WRITING
 from jnas.meta import MetaConfig
 from jnas.meta_runner import run_meta
@@ -99,12 +100,13 @@ def config_parser(doc: str, defaults, skip: tuple[str, ...] = ()) -> argparse.Ar
     return p
 
 
-def search_parser(doc: str, defaults: SearchConfig) -> argparse.ArgumentParser:
+def search_parser(doc: str, defaults: SearchConfig, skip=()) -> argparse.ArgumentParser:
     """The flags of a search script: the SearchConfig fields its algorithm reads (named as
-    the official code names them), `defaults` (`SearchConfig.published`) as the defaults."""
+    the official code names them) but `skip`, `defaults` (`SearchConfig.published`) as the
+    defaults."""
     algo = algorithm(defaults.algorithm)
     others = {o for a in ALGORITHMS.values() for o in a.options} - set(algo.options)
-    return config_parser(doc, defaults, skip=("algorithm", *sorted(others)))
+    return config_parser(doc, defaults, skip=("algorithm", *sorted(others), *skip))
 
 
 def add_script_flags(p: argparse.ArgumentParser) -> None:
@@ -177,6 +179,47 @@ def train_main(doc: str, argv=None) -> int:
     return _main(lambda argv: train_config(doc, argv), run_train, TrainConfig, argv)
 
 
+def fednas_config(doc: str, argv=None):
+    """(FedConfig, script flags) of experiments/fednas.py's command line: `--stage` and
+    `--space` choose the local defaults (`jnas.fednas.local_defaults`), `--local_epochs` is
+    the local config's `epochs`, the federated settings are FedConfig's fields."""
+    stage = _first_pass(argv, "--stage", "search", choices=tuple(STAGES))
+    space = _first_pass(argv, "--space", "darts", choices=tuple(SPACES))
+    defaults = local_defaults(stage, space)
+    fixed = ("epochs", "protocol", *UNFEDERATED)  # --local_epochs; the space; unread
+    if stage == "search":
+        parser = search_parser(doc, defaults, skip=fixed)
+    else:
+        parser = config_parser(doc, defaults, skip=fixed)
+        parser.add_argument("--space", default=space, choices=tuple(SPACES),
+                            help="the space of the trained architecture, and its protocol")
+    parser.add_argument("--stage", default=stage, choices=tuple(STAGES),
+                        help="search: FedNAS's search; train: FedAvg training of --arch")
+    parser.add_argument("--local_epochs", type=int, default=defaults.epochs,
+                        help="local epochs per round")
+    fed = FedConfig(local=defaults)
+    for f in dataclasses.fields(FedConfig)[1:]:  # after `local`
+        parser.add_argument(flag(f.name), dest=f.name, default=getattr(fed, f.name),
+                            type=_TYPES[f.type], choices=f.metadata.get("choices"),
+                            help=f.metadata["help"])
+    args = vars(parser.parse_args(argv))
+    del args["stage"]
+    local_fields = {f.name for f in dataclasses.fields(defaults)}
+    fed_fields = {f.name for f in dataclasses.fields(FedConfig)}
+    local = {k: args.pop(k) for k in list(args) if k in local_fields}
+    fed = {k: args.pop(k) for k in list(args) if k in fed_fields}
+    local["epochs"] = args.pop("local_epochs")
+    local.update({"algorithm": defaults.algorithm} if stage == "search"
+                 else {"protocol": args.pop("space")})
+    return FedConfig(local=type(defaults)(**local), **fed), args
+
+
+def fednas_main(doc: str, argv=None) -> int:
+    """experiments/fednas.py's main; 2 on a JnasError."""
+    return _main(lambda argv: fednas_config(doc, argv), run_fednas,
+                 (FedConfig, SearchConfig, TrainConfig), argv)
+
+
 def _first_pass(argv, flag: str, default: str, choices=None) -> str:
     """The value of `flag`, read before the other flags, whose defaults it chooses."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -189,7 +232,7 @@ def _main(config_of, run_config, config_class, argv) -> int:
 
     def run(argv):
         config, flags = config_of(argv)
-        _start(flags)
+        start(flags)
         own = {k: v for k, v in flags.items() if k not in _SCRIPT_FLAGS}
         run_config(config, progress=not flags["no_progress"], **own)
 
@@ -214,7 +257,7 @@ def avoid_gpu_compiler_abort() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
 
 
-def _start(flags: dict) -> None:
+def start(flags: dict) -> None:
     """Set up what the script flags ask for: the compilation cache, several hosts."""
     if flags["compile_cache"] != "none":
         jax.config.update("jax_compilation_cache_dir", flags["compile_cache"])
@@ -224,9 +267,11 @@ def _start(flags: dict) -> None:
                                flags["process_id"])
 
 
-def as_flags(message: str, config_class) -> str:
-    """A library message with its `field` names written as the command line's --flags."""
-    fields = {f.name for f in dataclasses.fields(config_class)}
+def as_flags(message: str, config_classes) -> str:
+    """A library message with its `field` names (of a config class or a tuple of them)
+    written as the command line's --flags."""
+    classes = config_classes if isinstance(config_classes, tuple) else (config_classes,)
+    fields = {f.name for c in classes for f in dataclasses.fields(c)}
     return re.sub(r"`(\w+)`", lambda m: flag(m[1]) if m[1] in fields else m[0], message)
 
 

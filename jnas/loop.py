@@ -82,7 +82,12 @@ class Job(Protocol):
 
 
 def config_dict(config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """The settings as JSON values; a nested config's fields count as the run's own (a
+    federated run's local search)."""
+    flat = {}
+    for key, value in json.loads(json.dumps(dataclasses.asdict(config))).items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
 
 
 def check_resumable(config, path: str, may_differ: tuple[str, ...] = RUN_FIELDS) -> None:

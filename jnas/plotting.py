@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, FancyArrowPatch
@@ -25,6 +26,7 @@ from jnas.io import atomic_write
 
 _INPUT_LABELS = ("$c_{k-2}$", "$c_{k-1}$")
 _CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell", "cell": "cell"}
+_CLASS_COLORS = colormaps["tab20"]
 _COLORS = {"input": "darkseagreen", "node": "lightblue", "output": "palegoldenrod"}
 
 
@@ -403,4 +405,46 @@ def plot_curves(
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    return _save_figure(fig, path)
+
+
+def plot_partition(counts: np.ndarray, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Stacked bars of each client's examples per class ((clients, classes) counts)."""
+    clients, classes = counts.shape
+    fig = Figure(figsize=(max(4.0, 0.35 * clients + 2.0), 3.4), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    colors = [_CLASS_COLORS(c % 20) for c in range(classes)]
+    bottom = np.zeros(clients)
+    for c in range(classes):
+        ax.bar(np.arange(clients), counts[:, c], bottom=bottom, color=colors[c], width=0.8,
+               label=str(c) if classes <= 20 else None)
+        bottom += counts[:, c]
+    ax.set_xlabel("client")
+    ax.set_ylabel("examples")
+    ax.set_xticks(np.arange(clients))
+    if classes <= 20:
+        ax.legend(title="class", fontsize=7, ncols=2, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set_title(title or f"{clients} clients, examples per class")
+    return _save_figure(fig, path)
+
+
+def plot_client_accuracy(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                         x: str = "round", title: str | None = None) -> Path:
+    """The global model's validation accuracy on each client (`client_valid_acc`, thin) and on
+    their union (`valid_acc`, thick) against `x`, into a PNG."""
+    xs = [r[x] for r in rows]
+    per_client = np.array([r["client_valid_acc"] for r in rows])
+    clients = per_client.shape[1]
+    fig = Figure(figsize=(6.4, 3.6), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for k in range(clients):
+        ax.plot(xs, per_client[:, k], color=_CLASS_COLORS(k % 20), lw=1,
+                label=f"client {k}" if clients <= 20 else None)
+    ax.plot(xs, [r["valid_acc"] for r in rows], color="black", lw=2.5, label="all clients")
+    ax.set_xlabel(x)
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=2 if clients > 10 else 1, loc="upper left",
+              bbox_to_anchor=(1, 1))
+    ax.set_title(title or "the global model on each client's validation half")
     return _save_figure(fig, path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 
 import chex
@@ -26,6 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jnas.errors import JnasError
 
 DATA_AXIS = "data"
+CLIENT_AXIS = "clients"
+REPLICATED = PartitionSpec()
 
 
 def data_mesh(devices_per_process: int | None = None) -> Mesh:
@@ -47,6 +50,22 @@ def data_mesh(devices_per_process: int | None = None) -> Mesh:
     return Mesh(np.array(devices), (DATA_AXIS,))
 
 
+def client_mesh(devices: int | None, clients: int, batch_size: int) -> Mesh:
+    """A (clients, data) mesh over the first `devices` local devices (all if None) of one
+    process: as many client groups as divide both the device and the client count, each
+    client's batch split over the rest. 4 devices: 16 clients 4 x 1, 2 clients 2 x 2."""
+    local = data_mesh(devices).devices.flatten()
+    groups = math.gcd(len(local), clients)
+    per_client = len(local) // groups
+    if batch_size % per_client:
+        raise JnasError(
+            f"`batch_size` {batch_size} must divide by the {per_client} devices that each "
+            f"client's batch is split over ({len(local)} devices, {clients} clients); pass a "
+            f"multiple of {per_client} or set `devices`"
+        )
+    return Mesh(local.reshape(groups, per_client), (CLIENT_AXIS, DATA_AXIS))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
@@ -63,9 +82,15 @@ class ShardedStep:
     It counts its traces (`traces`). A step is meant to compile once per run; a second trace
     means an argument changed its shape, dtype or structure between calls, which would
     compile the whole step again. The run loops check it (`assert_traced_once`).
+
+    `specs` gives other arguments' `PartitionSpec`s by position and `out_specs` the outputs'
+    (a spec or a tuple of specs, one per output), for meshes with more axes than `data`
+    (FedNAS's clients x data).
     """
 
-    def __init__(self, fn, mesh: Mesh, batch_argnums: tuple[int, ...]):
+    def __init__(self, fn, mesh: Mesh, batch_argnums: tuple[int, ...] = (),
+                 specs: dict[int, PartitionSpec] | None = None,
+                 out_specs: PartitionSpec | tuple = REPLICATED):
         self.traces = 0
         self.name = getattr(fn, "__name__", "step").lstrip("_")
 
@@ -74,10 +99,13 @@ class ShardedStep:
             self.traces += 1
             return fn(*args)
 
-        rep, batch = replicated(mesh), batch_sharded(mesh)
+        specs = {**{i: PartitionSpec(DATA_AXIS) for i in batch_argnums}, **(specs or {})}
         nargs = len(inspect.signature(fn).parameters)
-        shardings = tuple(batch if i in batch_argnums else rep for i in range(nargs))
-        self._jitted = jax.jit(counted, in_shardings=shardings, out_shardings=rep)
+        shardings = tuple(NamedSharding(mesh, specs.get(i, PartitionSpec()))
+                          for i in range(nargs))
+        outs = jax.tree.map(lambda s: NamedSharding(mesh, s), out_specs,
+                            is_leaf=lambda s: isinstance(s, PartitionSpec))
+        self._jitted = jax.jit(counted, in_shardings=shardings, out_shardings=outs)
 
     def __call__(self, *args):
         return self._jitted(*args)

@@ -125,7 +125,7 @@ def test_the_scripts_write_a_persistent_compilation_cache(tmp_path):
         "import sys, jax, jax.numpy as jnp; "
         f"sys.path.insert(0, {str(ROOT)!r}); "
         "from jnas import cli; "
-        f"cli._start(cli.search_config('darts', '', ['--compile_cache', {str(cache)!r}])[1]); "
+        f"cli.start(cli.search_config('darts', '', ['--compile_cache', {str(cache)!r}])[1]); "
         "jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((64, 64))).block_until_ready()"
     )
     env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
