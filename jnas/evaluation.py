@@ -147,6 +147,14 @@ def load_arch(space: Space, text: str):
         raise JnasError(f"`arch`: {error}") from None
 
 
+def load_test_set(config: TrainConfig, train: jdata.ImageDataset) -> jdata.ImageDataset:
+    """The test split of `config.dataset`, or the `test_dataset` file normalised as `train`."""
+    if config.test_dataset is None:
+        return jdata.load_dataset(config.dataset, config.data_dir, split="test")
+    return dataclasses.replace(jdata.load_dataset(config.test_dataset), mean=train.mean,
+                               std=train.std)
+
+
 def count_params(tree) -> int:
     """The number of scalars in a pytree of arrays (parameters)."""
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
@@ -260,13 +268,7 @@ class TrainJob:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.dataset = jdata.load_dataset(config.dataset, config.data_dir, split="train")
-        if config.test_dataset is None:
-            self.test_set = jdata.load_dataset(config.dataset, config.data_dir, split="test")
-        else:
-            self.test_set = dataclasses.replace(
-                jdata.load_dataset(config.test_dataset), mean=self.dataset.mean,
-                std=self.dataset.std,
-            )
+        self.test_set = load_test_set(config, self.dataset)
         self.steps_per_epoch = jdata.num_train_batches(self.dataset, config.batch_size)
         self.mesh = data_mesh(config.devices)
         self.mine = local_rows(self.mesh, config.batch_size)

@@ -28,10 +28,10 @@ paper; FedML's FedNAS is the same code):
 
 Outputs in `save`, every round: `metrics.jsonl` (train loss and accuracy, the global
 model's validation loss and accuracy on the union of the clients' validation halves and on
-each client's), `curves.png`, `clients.png`, for a search the derived architecture's
-`genotype.json`, `genotype.png`, `alphas.npz`, `alphas.png`; once: `partition.png` and
-`partition.txt` (the class counts per client); `checkpoints/<round>/`, `config.json`.
-Rerunning with the same `save` resumes from the last round.
+each client's, and for FedAvg training on the test set), `curves.png`, `clients.png`, for a
+search the derived architecture's `genotype.json`, `genotype.png`, `alphas.npz`,
+`alphas.png`; once: `partition.png` and `partition.txt` (the class counts per client);
+`checkpoints/<round>/`, `config.json`. Rerunning with the same `save` resumes from the last round.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from jnas import data as jdata
 from jnas import loop
 from jnas.config import option
 from jnas.errors import JnasError
-from jnas.evaluation import TrainConfig, Trainer, TrainState
+from jnas.evaluation import TrainConfig, Trainer, TrainState, load_test_set
 from jnas.federated import broadcast_clients, client_steps, weighted_average
 from jnas.io import write_text
 from jnas.partition import PARTITIONS, check_partition_settings, class_counts, counts_table
@@ -118,6 +118,10 @@ class SearchLearner:
     def train_portion(config: SearchConfig) -> float:
         return config.train_portion
 
+    @staticmethod
+    def eval_sets(config: SearchConfig, train) -> dict:
+        return {}
+
     def init(self, key, sample_x):
         return self.share(self.search.init(key, sample_x))
 
@@ -169,6 +173,11 @@ class TrainLearner:
     def train_portion(config: TrainConfig) -> float:
         return TRAIN_HALF
 
+    @staticmethod
+    def eval_sets(config: TrainConfig, train) -> dict:
+        """The test set, as experiments/train.py's: the paper reports FedAvg's test accuracy."""
+        return {"test": load_test_set(config, train)}
+
     def init(self, key, sample_x):
         return self.share(self.trainer.init(key, sample_x))
 
@@ -203,26 +212,28 @@ LEARNERS = {SearchConfig: SearchLearner, TrainConfig: TrainLearner}
 
 STAGES = {"search": SearchConfig, "train": TrainConfig}
 FEDNAS_NETWORK = {"init_channels": 16, "layers": 8}  # main.py L60-61
+# Both stages: 5 local epochs of batch 64 (the paper), seed 0 (main.py L212), so that the
+# search and FedAvg training of its cell see the same partition.
+FEDNAS_LOCAL = {"epochs": 5, "batch_size": 64, "seed": 0}
 
 
 def local_defaults(stage: str, space: str = "darts", **overrides):
     """FedNAS's local settings for `stage` ("search" or "train") on `space`, then
-    `overrides`: 5 local epochs of batch 64 (the paper), the reference's learning rates
+    `overrides`: 5 local epochs of batch 64 (the paper), seed 0, the reference's learning rates
     (main.py L60-74: DARTS's search settings, lr 0.025 cosine to 0.001 within a round) and,
     for training, its network (NetworkCIFAR with C=16, 8 cells, no auxiliary head, cutout 16,
     no drop path). The search is MiLeNAS (lambda 1: main.py L73-74)."""
     if stage not in STAGES:
         raise JnasError(f"`stage` must be one of {', '.join(STAGES)}, got {stage!r}")
     if stage == "search":
-        base = SearchConfig.published("milenas", space, epochs=5, batch_size=64,
-                                      save="runs/fednas")
+        base = SearchConfig.published("milenas", space, save="runs/fednas", **FEDNAS_LOCAL)
     else:
         # The network's size where the space has it (NAS-Bench-201 has no `layers`).
         reads = {f.name for f in dataclasses.fields(space_class(space))}
         network = {k: v for k, v in FEDNAS_NETWORK.items() if k in reads}
-        base = TrainConfig.published(space, epochs=5, batch_size=64, learning_rate=0.025,
-                                     learning_rate_min=0.001, auxiliary_weight=0.0,
-                                     drop_path_prob=0.0, save="runs/fedavg", **network)
+        base = TrainConfig.published(space, learning_rate=0.025, learning_rate_min=0.001,
+                                     auxiliary_weight=0.0, drop_path_prob=0.0,
+                                     save="runs/fedavg", **network, **FEDNAS_LOCAL)
     return dataclasses.replace(base, **overrides)
 
 
@@ -295,6 +306,7 @@ class FedJob:
                 f"`batch_size` to at most {smallest}, use fewer `clients`, or raise "
                 "`min_client_samples`"
             )
+        self.eval_sets = learner_class.eval_sets(local, dataset)
         weights_half = sum(len(w) for w, _ in self.halves)
         self.steps_per_epoch = max(1, weights_half // config.clients // local.batch_size)
         self.mesh = client_mesh(local.devices, config.clients, local.batch_size)
@@ -392,14 +404,26 @@ class FedJob:
             "valid_loss": float(loss),
             "valid_acc": float(acc),
             "client_valid_acc": [float(a) for _, a in per_client],
+            **self._global_evals(state.server),
             **self.learner.row(state.server),
         }
+
+    def _global_evals(self, server) -> dict:
+        """The global model's loss and accuracy on the learner's held-out sets (the test set
+        of FedAvg training)."""
+        row = {}
+        for name, ds in self.eval_sets.items():
+            loss, acc = loop.evaluate(self.fed.eval, self.mesh, server, ds,
+                                      self.config.local.batch_size)
+            row.update({f"{name}_loss": float(loss), f"{name}_acc": float(acc)})
+        return row
 
     def write(self, state, rows):
         save = self.config.save
         self.learner.write(save, state.server, rows)
+        tests = tuple(f"{name}_acc" for name in self.eval_sets)
         plot_curves(rows, os.path.join(save, "curves.png"), "round",
-                    [("train_loss", "valid_loss"), ("train_acc", "valid_acc")],
+                    [("train_loss", "valid_loss"), ("train_acc", "valid_acc", *tests)],
                     title=f"{self.config.clients} clients, {self.config.partition}")
         plot_client_accuracy(rows, os.path.join(save, "clients.png"))
 
@@ -407,8 +431,9 @@ class FedJob:
         return True
 
     def summary(self, row):
+        tests = tuple(f"{name}_{k}" for name in self.eval_sets for k in ("loss", "acc"))
         return loop.summary_line(row, "round", ("train_loss", "train_acc", "valid_loss",
-                                                "valid_acc"))
+                                                "valid_acc", *tests))
 
     def finish(self, state, rows):
         if rows and is_main_process():

@@ -224,6 +224,7 @@ def test_fedavg_trains_a_fixed_architecture(fed_run):
     save = fed_run("--stage", "train", "--arch", cell)
     rows = read_metrics(save)
     assert rows[-1]["valid_acc"] > 0.3 and not (save / "alphas.npz").exists()
+    assert rows[-1]["test_acc"] > 0.3  # the global model on digits' test split
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -90,7 +90,12 @@ ES = ["--no-second_order", "--es_window", "1", "--es_lag", "1", "--es_start_epoc
 
 @pytest.mark.parametrize("space", ["darts", "nas-bench-201"])
 def test_rdarts_logs_the_eigenvalue_stops_early_and_resumes(tmp_path, space, capsys):
-    flags = [*(TINY if space == "darts" else NB201_TINY), *ES, "--save", str(tmp_path)]
+    # Seed 0 on DARTS: the check that the files show epoch 1's architecture needs epochs 1
+    # and 2 to derive different cells; at TINY's seed 2 they did under earlier package
+    # versions and no longer do (jax 0.10.2, flax 0.12.8, numpy 2.4.6); at seeds 0 and 3 they
+    # do.
+    tiny = [*TINY, "--seed", "0"] if space == "darts" else NB201_TINY
+    flags = [*tiny, *ES, "--save", str(tmp_path)]
     rdarts = load_script("rdarts")
     assert rdarts.main(flags) == 0
     rows = read_metrics(tmp_path)
