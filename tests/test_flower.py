@@ -44,8 +44,6 @@ def test_two_supernodes_end_where_the_simulation_ends(tmp_path):
 
     rounds = [json.loads(line) for line in (save / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
-    # A round on the server spans its clients' local work (bench/README.md: the overhead).
-    assert all(r["seconds"] > max(c["compute_s"] for c in r["clients"]) for r in rounds)
     deployed = dict(np.load(save / "server.npz"))
 
     # The simulation runs in a fresh process like the SuperNodes' ClientApps: XLA compiles
