@@ -22,11 +22,12 @@ fednas = load_script("fednas")
 # Short runs: two programs that compute the same step (vmapped or not, compiled in a process
 # with 1 or 4 CPU devices) round differently (1e-8), and training amplifies
 # the difference, about 1e4-fold over 22 steps of this network on digits. Batches of 64 make
-# a round 5 steps, so programs that compute the same thing agree to float tolerance.
+# a round 5 steps, so programs that compute the same thing agree to float tolerance. Seed 2:
+# the partition (client sizes 634 and 803) on which the tolerances below were measured.
 FED_TINY = [
     "--space", "nas-bench-201", "--dataset", "digits", "--init_channels", "8",
     "--cells_per_stage", "1", "--batch_size", "64", "--clients", "2", "--rounds", "2",
-    "--local_epochs", "1", "--no_progress", "--devices", "1",
+    "--local_epochs", "1", "--no_progress", "--devices", "1", "--seed", "2",
 ]  # fmt: skip
 ROUNDS = 2
 
@@ -37,7 +38,8 @@ def run(*args):
 
 def tiny_config(save, **fed):
     local = local_defaults("search", "nas-bench-201", dataset="digits", init_channels=8,
-                           cells_per_stage=1, batch_size=64, epochs=1, devices=1, save=str(save))
+                           cells_per_stage=1, batch_size=64, epochs=1, devices=1, seed=2,
+                           save=str(save))
     return FedConfig(local=local, **{"clients": 2, "rounds": ROUNDS, **fed})
 
 
