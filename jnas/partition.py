@@ -17,6 +17,7 @@ partition. The kinds (`PARTITIONS`):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,7 +61,16 @@ def _shards(labels, clients, rng, **_):
             for k in range(clients)]
 
 
-PARTITIONS: dict[str, Callable] = {"iid": _iid, "dirichlet": _dirichlet, "shards": _shards}
+class Kind(NamedTuple):
+    split: Callable  # (labels, clients, rng, *, dirichlet_alpha, min_samples) -> parts
+    least: Callable[[int], int]  # min_samples -> the fewest examples a client can hold
+
+
+PARTITIONS: dict[str, Kind] = {
+    "iid": Kind(_iid, lambda min_samples: 1),
+    "dirichlet": Kind(_dirichlet, lambda min_samples: min_samples),
+    "shards": Kind(_shards, lambda min_samples: 2),  # two shards of one example
+}
 
 
 def check_partition_settings(kind: str, clients: int, dirichlet_alpha: float,
@@ -82,16 +92,15 @@ def partition(labels, clients: int, kind: str = "dirichlet", *, seed: int = 0,
     """One array of example indices per client (see the module's docstring)."""
     check_partition_settings(kind, clients, dirichlet_alpha, min_samples)
     labels = np.asarray(labels)
-    # The fewest examples a client can hold: two shards of one, the Dirichlet minimum, one.
-    least = {"shards": 2, "dirichlet": min_samples}.get(kind, 1)
+    least = PARTITIONS[kind].least(min_samples)
     if len(labels) < clients * least:
         raise JnasError(
             f"{len(labels)} examples cannot give {clients} clients at least {least} each (the "
             f"{kind} partition's least); lower `clients` to at most {len(labels) // least}"
         )
     rng = np.random.default_rng([seed, 0xFED])
-    return PARTITIONS[kind](labels, clients, rng, dirichlet_alpha=dirichlet_alpha,
-                            min_samples=min_samples)
+    return PARTITIONS[kind].split(labels, clients, rng, dirichlet_alpha=dirichlet_alpha,
+                                  min_samples=min_samples)
 
 
 def class_counts(labels, parts, num_classes: int) -> np.ndarray:
