@@ -77,6 +77,10 @@ class Space:
     eval_defaults: ClassVar[dict[str, Any]] = {}
     # {name: architecture}: published architectures that `load_arch` knows by name.
     known_archs: ClassVar[dict[str, Any]] = {}
+    # How a sampler builds a discrete cell (`jnas.sampling`): per node, this many distinct
+    # incoming edges with an op other than 'none' each, or None: every incoming edge, 'none'
+    # among its ops.
+    sample_inputs: ClassVar[int | None] = None
     primitives: tuple[str, ...]
 
     @classmethod

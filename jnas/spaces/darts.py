@@ -155,6 +155,7 @@ class DartsSpace(base.Space):
 
     name: ClassVar[str] = "darts"
     derivation: ClassVar[str] = "darts"
+    sample_inputs: ClassVar[int | None] = 2  # a genotype's two inputs per node
     known_archs: ClassVar[dict[str, Genotype]] = GENOTYPES
     primitives: tuple[str, ...] = PRIMITIVES
     init_channels: int = 16
