@@ -104,15 +104,16 @@ def main() -> int:
         p.error(f"unknown items {unknown}; choose from {', '.join(ITEMS)}")
 
     probe = subprocess.run(
-        [sys.executable, "-c", "import jax; d = jax.devices()[0]; "
-         "print(jax.__version__, jax.default_backend(), d.device_kind, len(jax.devices()))"],
+        [sys.executable, "-c", "import jax, json; d = jax.devices()[0]; print(json.dumps(["
+         "jax.__version__, jax.default_backend(), d.device_kind, len(jax.devices())]))"],
         capture_output=True, text=True,
     )
     if probe.returncode:
         emit({"device": None, "error": probe.stderr.strip().splitlines()[-1:]})
         return 1
-    version, backend, kind, count = probe.stdout.split(maxsplit=3)
-    emit({"device": kind, "backend": backend, "devices": int(count), "jax": version,
+    # JSON: a device kind has spaces ("NVIDIA H200").
+    version, backend, kind, count = json.loads(probe.stdout.strip().splitlines()[-1])
+    emit({"device": kind, "backend": backend, "devices": count, "jax": version,
           "smoke": args.smoke})
 
     deadline = time.perf_counter() + args.budget
