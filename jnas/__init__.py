@@ -28,6 +28,7 @@ from jnas.transforms import (
     maml_adapt,
     maml_meta_grad,
     milenas_hypergrad,
+    reinforce_grad,
     unrolled_step,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "maml_meta_grad",
     "milenas_hypergrad",
     "partition",
+    "reinforce_grad",
     "save_genotype",
     "unrolled_step",
     "validate_genotype",

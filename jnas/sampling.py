@@ -86,7 +86,7 @@ def to_ops(space, actions) -> dict[str, jax.Array]:
     if np.shape(actions) != (len(decs),):
         raise JnasError(f"`actions` must have shape ({len(decs)},), one per decision, got "
                         f"{np.shape(actions)}")
-    columns = jnp.asarray(op_columns(space))
+    columns = jnp.asarray(op_columns(space), jnp.int32)
     ops = {t: jnp.full(space.num_edges(), -1, jnp.int32) for t in space.cell_types()}
     row = None
     for t, d in enumerate(decs):

@@ -290,3 +290,62 @@ def maml_meta_grad(
         return loss_fn(adapted, query)
 
     return jax.value_and_grad(query_loss, has_aux=has_aux)(params)
+
+
+def reinforce_grad(log_prob_fn, theta, actions, rewards, baseline, *, baseline_decay=0.99,
+                   entropy_weight=0.0):
+    """The score-function (REINFORCE) policy gradient of K sampled actions, with a moving-
+    average baseline and an entropy bonus.
+
+    `log_prob_fn(theta, a) -> (log p(a; theta), H(a; theta))` for ONE sample `a`: the
+    log-probability summed over its decisions, and the policy's entropy summed over the
+    decisions along `a` (for a factorised policy, the entropy of the whole policy).
+    `actions` is a pytree whose leaves have a leading axis of K samples, `rewards` (K,).
+
+        loss = -mean_k[(R_k - b) log p(a_k; theta) + entropy_weight * H(a_k; theta)]
+
+    with `R_k - b` held constant, so `-grad loss` is the unbiased estimate
+    `mean_k (R_k - b) grad log p(a_k)` of `grad E[R]` (Williams 1992), for any `b` that does
+    not depend on the samples: the `baseline` passed in, the moving average of EARLIER
+    rewards. Returns `(loss, grads of loss w.r.t. theta, new_baseline)`,
+    `new_baseline = baseline_decay * b + (1 - baseline_decay) * mean_k R_k`; minimise the
+    loss (e.g. `optax.adam`) to ascend the expected reward.
+
+    The entropy term is differentiated along the sampled decisions: for a factorised policy
+    its expectation is `entropy_weight * grad H(theta)`; for an autoregressive one (an LSTM
+    controller) it is the gradient of the per-step entropies with the earlier decisions held.
+    ENAS differs in two ways (melodyguan/enas 4bcfd73, src/cifar10/micro_controller.py
+    L169-170, L237-248): it adds `entropy_weight * H` (stop-gradient) to the reward, and it
+    updates the baseline with the current reward before subtracting it, which biases the
+    estimate slightly; NAS-Bench-201's REINFORCE baseline does the latter too (D-X-Y/
+    AutoDL-Projects f46486e, exps/NAS-Bench-201-algos/reinforce.py L195-197).
+
+    Example:
+      >>> def log_prob_fn(logits, a):      # a factorised categorical policy, logits (T, n)
+      ...     logp = jax.nn.log_softmax(logits)
+      ...     return logp[jnp.arange(len(a)), a].sum(), -(jnp.exp(logp) * logp).sum()
+      >>> loss, grads, b = jnas.reinforce_grad(log_prob_fn, logits, actions, rewards, b,
+      ...                                      entropy_weight=1e-4)
+    """
+    k = jnp.shape(rewards)
+    leaves = jax.tree.leaves(actions)
+    if len(k) != 1 or not leaves:
+        raise JnasError(f"`rewards` must have shape (K,), one per sample, got {k}, and "
+                        "`actions` at least one array")
+    if any(jnp.shape(leaf)[:1] != k for leaf in leaves):
+        raise JnasError(
+            f"every leaf of `actions` must have a leading axis of the K={k[0]} samples of "
+            f"`rewards`, got shapes {[jnp.shape(leaf) for leaf in leaves]}"
+        )
+    if isinstance(baseline_decay, int | float) and not 0 <= baseline_decay <= 1:
+        raise JnasError(f"`baseline_decay` must lie in [0, 1], got {baseline_decay}")
+    rewards = jnp.asarray(rewards)
+    advantage = jax.lax.stop_gradient(rewards - baseline)
+
+    def loss(theta):
+        log_prob, entropy = jax.vmap(log_prob_fn, in_axes=(None, 0))(theta, actions)
+        return -jnp.mean(advantage * log_prob + entropy_weight * entropy)
+
+    value, grads = jax.value_and_grad(loss)(theta)
+    new_baseline = baseline_decay * baseline + (1 - baseline_decay) * jnp.mean(rewards)
+    return value, grads, new_baseline
