@@ -8,6 +8,11 @@ head weighted 0.4), "nas-bench-201" the benchmark's (C=16, N=5, 200 epochs, batc
 cosine to 0, Nesterov momentum 0.9, weight decay 5e-4). The protocol is a space's
 (`Space.eval_defaults`), and so is the network (`Space.eval_network`).
 
+`TrainConfig.lr_schedule` "linear" decays the learning rate linearly to `learning_rate_min` at
+`epochs`, the multi-fidelity protocol of Cao (CMU-RI-TR-21-09, 2021, section 3.1 and appendix
+A.1: SGD 0.1, linear, its horizon the largest budget), under which the first b epochs of a run
+are the run of budget b (`jnas.feature_history.train_candidate`).
+
 `run_train(config)` writes into `config.save`: `metrics.jsonl` (per epoch: train loss and
 accuracy, test loss and accuracy, lr, drop-path probability, seconds), `curves.png`,
 `result.json` (the final test accuracy and error, the architecture, the parameter counts),
@@ -47,6 +52,7 @@ from jnas.spaces import SPACES, Space, space_class, space_from_config
 from jnas.steps import accuracy, cross_entropy, init_variables, masked_sums
 
 DTYPES = ("float32", "bfloat16")
+LR_SCHEDULES = ("cosine", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +74,10 @@ class TrainConfig:
                                       "dataset's test split)")
     batch_size: int = option(96, "images per step")
     learning_rate: float = option(0.025, "SGD learning rate at the first epoch")
-    learning_rate_min: float = option(0.0, "learning rate at the last epoch (cosine, "
-                                      "stepped per epoch)")
+    learning_rate_min: float = option(0.0, "learning rate the schedule ends at, after "
+                                      "`epochs` (stepped per epoch)")
+    lr_schedule: str = option("cosine", "learning-rate schedule: cosine (DARTS, NAS-Bench-201) "
+                              "or linear (Cao 2021's multi-fidelity runs)", choices=LR_SCHEDULES)
     momentum: float = option(0.9, "SGD momentum")
     nesterov: bool = option(False, "Nesterov momentum")
     weight_decay: float = option(3e-4, "L2 weight decay (of every parameter, as PyTorch's SGD)")
@@ -98,6 +106,9 @@ class TrainConfig:
                 raise JnasError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.drop_path_prob < 1:
             raise JnasError(f"`drop_path_prob` must lie in [0, 1), got {self.drop_path_prob}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise JnasError(f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got "
+                            f"{self.lr_schedule!r}")
         if self.dtype not in DTYPES:
             raise JnasError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.dataset.endswith(".npz") and self.test_dataset is None:
@@ -155,6 +166,17 @@ def load_test_set(config: TrainConfig, train: jdata.ImageDataset) -> jdata.Image
                                std=train.std)
 
 
+def epoch_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """`config.lr_schedule` from `learning_rate` to `learning_rate_min` over `epochs`, stepped
+    once per epoch: "cosine" is `jnas.search.cosine_schedule`; "linear" is, at epoch e
+    (counted from 0), `learning_rate + (learning_rate_min - learning_rate) * e / epochs`."""
+    if config.lr_schedule == "cosine":
+        return cosine_schedule(config, steps_per_epoch)
+    per_epoch = optax.linear_schedule(config.learning_rate, config.learning_rate_min,
+                                      config.epochs)
+    return lambda count: per_epoch(count // steps_per_epoch)
+
+
 def count_params(tree) -> int:
     """The number of scalars in a pytree of arrays (parameters)."""
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
@@ -181,23 +203,30 @@ class TrainState(NamedTuple):
 
 
 class Trainer:
-    """An evaluation training's state, initialisation and compiled steps (`config`)."""
+    """An evaluation training's state, initialisation and compiled steps (`config`).
+
+    With `record_features`, the training step's metrics also hold "features": the batch's
+    penultimate features (the classifier's input, float32, one row per image), for estimators
+    that read them (`jnas.feature_history`); `feature_step` gives those of an evaluation batch.
+    """
 
     def __init__(self, config: TrainConfig, num_classes: int, steps_per_epoch: int,
-                 image_size: int, mesh=None):
+                 image_size: int, mesh=None, *, record_features: bool = False):
         self.config = config
+        self.record_features = record_features
         self.mesh = data_mesh(1) if mesh is None else mesh
         self.space = config.space()
         self.arch = config.architecture()
         self.model = config.network(num_classes, train=True)
         self.eval_model = config.network(num_classes, train=False)
         self.steps_per_epoch = steps_per_epoch
-        self.lr_schedule = cosine_schedule(config, steps_per_epoch)
+        self.lr_schedule = epoch_schedule(config, steps_per_epoch)
         self.tx = weight_optimizer(config, self.lr_schedule)
         self.dtype = jnp.dtype(config.dtype)
         self.cutout = round(config.cutout_length * image_size / 32)
         self.step = ShardedStep(self._step, self.mesh, batch_argnums=(1,))
         self.eval_step = ShardedStep(self._eval_step, self.mesh, batch_argnums=(1,))
+        self.feature_step = ShardedStep(self._feature_step, self.mesh, batch_argnums=(1,))
 
     def init(self, key, sample_x) -> TrainState:
         """Flax's initialisers, replicated over the mesh (the same values on every process)."""
@@ -217,17 +246,22 @@ class Trainer:
     def loss(self, params, batch_stats, x, y, drop_prob, key, auxiliary_weight):
         """Cross-entropy of the logits plus `auxiliary_weight` times that of the auxiliary
         head's (when the network has one), in training mode -> (total, (the logits' loss,
-        logits, updated BatchNorm statistics))."""
+        logits, updated BatchNorm statistics)), and with `record_features` a fourth: the
+        penultimate features."""
         params, x = self._compute(params, x)
+        collections = ["batch_stats", "intermediates"] if self.record_features else ["batch_stats"]
         (logits, aux), updates = self.model.apply(
             {"params": params, "batch_stats": batch_stats}, x, drop_prob,
-            rngs={"dropout": key}, mutable=["batch_stats"],
+            rngs={"dropout": key}, mutable=collections,
         )
         loss = cross_entropy(logits.astype(jnp.float32), y)
         total = loss
         if aux is not None:
             total = loss + auxiliary_weight * cross_entropy(aux.astype(jnp.float32), y)
-        return total, (loss, logits, updates["batch_stats"])
+        out = (loss, logits, updates["batch_stats"])
+        if self.record_features:
+            out += (updates["intermediates"]["features"][0].astype(jnp.float32),)
+        return total, out
 
     def _step(self, state: TrainState, batch, key):
         cfg = self.config
@@ -238,11 +272,13 @@ class Trainer:
         x, y = batch["x"], batch["y"]
         if self.cutout:
             x = cutout(x, self.cutout, k_cut)
-        (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            state.params, state.batch_stats, x, y, drop_prob, k_drop, cfg.auxiliary_weight
-        )
+        (_, (loss, logits, batch_stats, *features)), grads = jax.value_and_grad(
+            self.loss, has_aux=True
+        )(state.params, state.batch_stats, x, y, drop_prob, k_drop, cfg.auxiliary_weight)
         metrics = {"train_loss": loss, "train_acc": accuracy(logits, y),
                    "lr": self.lr_schedule(state.step), "drop_path_prob": drop_prob}
+        if features:
+            metrics["features"] = features[0]
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         state = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
                            batch_stats, opt_state)
@@ -250,9 +286,17 @@ class Trainer:
 
     def _eval_step(self, state: TrainState, batch):
         """Sums over the real rows of a padded batch: (loss_sum, correct_sum, count)."""
+        return self._feature_step(state, batch)[1]
+
+    def _feature_step(self, state: TrainState, batch):
+        """(the batch's penultimate features in float32, `_eval_step`'s sums), in inference
+        mode; padded rows have features too (`batch["mask"]` marks the real ones)."""
         params, x = self._compute(state.params, batch["x"])
-        logits, _ = self.eval_model.apply({"params": params, "batch_stats": state.batch_stats}, x)
-        return masked_sums(logits.astype(jnp.float32), batch)
+        (logits, _), updates = self.eval_model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, x, mutable=["intermediates"]
+        )
+        features = updates["intermediates"]["features"][0].astype(jnp.float32)
+        return features, masked_sums(logits.astype(jnp.float32), batch)
 
 
 class TrainJob:

@@ -97,8 +97,11 @@ def check_resumable(config, path: str, may_differ: tuple[str, ...] = RUN_FIELDS)
         return
     new = config_dict(config)
     with open(path) as f:
-        old = json.load(f)
-    diff = {k: (old.get(k), v) for k, v in new.items() if k not in may_differ and old.get(k) != v}
+        saved = json.load(f)
+    # A setting added since the run was saved had its default then.
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    old = {k: saved.get(k, defaults.get(k)) for k in new}
+    diff = {k: (old[k], v) for k, v in new.items() if k not in may_differ and old[k] != v}
     if diff:
         changes = ", ".join(f"`{k}`: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise JnasError(

@@ -15,7 +15,8 @@ reduction cell (FRC).
 
 Called as `model.apply(variables, x, drop_prob, rngs={"dropout": key},
 mutable=["batch_stats"])` -> `(logits, auxiliary logits or None)`; `drop_prob` may be traced,
-so one compiled step serves every epoch of its schedule.
+so one compiled step serves every epoch of its schedule. With "intermediates" mutable too, the
+updates hold `intermediates["features"] == (pooled,)`: the classifier's input.
 """
 
 from __future__ import annotations
@@ -131,4 +132,6 @@ class EvalNetwork(nn.Module):
             s0, s1, reduction_prev = s1, out, reduction
             if i == 2 * self.layers // 3 and self.auxiliary and self.train:
                 aux = AuxiliaryHead(self.num_classes, self.train, name="auxiliary_head")(s1)
-        return nn.Dense(self.num_classes)(jnp.mean(s1, axis=(1, 2))), aux
+        features = jnp.mean(s1, axis=(1, 2))
+        self.sow("intermediates", "features", features)  # the classifier's input, on request
+        return nn.Dense(self.num_classes)(features), aux
