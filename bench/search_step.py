@@ -33,6 +33,7 @@ ALGOS = {
     "darts_2nd": {"algorithm": "darts", "second_order": True, "hessian": "exact"},
     "darts_2nd_fd": {"algorithm": "darts", "second_order": True, "hessian": "finite_difference"},
     "gdas": {"algorithm": "gdas"},
+    "rsps": {"algorithm": "rsps"},
     "milenas": {"algorithm": "milenas"},
     "milenas_gdas": {"algorithm": "milenas", "relaxation": "gdas"},
     "snas": {"algorithm": "snas"},

@@ -47,6 +47,7 @@ from jax.sharding import PartitionSpec
 
 from jnas import data as jdata
 from jnas import loop
+from jnas.algorithms import algorithm
 from jnas.config import option
 from jnas.errors import JnasError
 from jnas.evaluation import TrainConfig, Trainer, TrainState, load_test_set
@@ -56,7 +57,7 @@ from jnas.partition import PARTITIONS, check_partition_settings, class_counts, c
 from jnas.partition import partition as make_partition
 from jnas.plotting import plot_client_accuracy, plot_curves, plot_partition
 from jnas.runner import write_architecture
-from jnas.search import Search, SearchConfig, SearchState
+from jnas.search import Search, SearchConfig, SearchState, trains_alpha
 from jnas.sharding import CLIENT_AXIS, DATA_AXIS, ShardedStep, client_mesh, is_main_process
 from jnas.spaces import space_class
 
@@ -94,6 +95,10 @@ class FedConfig:
         for name in UNFEDERATED:
             if getattr(self.local, name, None):
                 raise JnasError(f"`{name}` is not part of a federated search; leave it unset")
+        if isinstance(self.local, SearchConfig) and not trains_alpha(
+                algorithm(self.local.algorithm)):
+            raise JnasError(f"`algorithm` {self.local.algorithm} trains no alpha, which a "
+                            "federated search averages and derives its cell from")
 
     @property
     def save(self) -> str:

@@ -11,6 +11,11 @@
 - with `track_hessian`, `hessian.png`: the dominant eigenvalue of the Hessian in alpha per
   epoch; with `early_stop` (DARTS-ES) the run ends when it fires, and `genotype.json` is then
   the architecture of the epoch it keeps (the row's `early_stop`)
+- a search that trains no alpha (RSPS: `jnas.search.trains_alpha`) has no alphas.npz,
+  alphas.png or whole-split evaluation: after every epoch it scores `candidates` drawn
+  architectures with the shared weights (`jnas.selection`); the best is the epoch's
+  `genotype` (rows: `select_acc`, `select_loss`, and `candidates_acc`, the candidates' mean
+  accuracy), and `selection.json` lists the last epoch's candidates with their scores
 - `checkpoints/<epoch>/`: the full search state after each epoch (the newest two are kept)
 - `config.json`: the settings, written with each checkpoint; rerunning with the same `save`
   resumes from the newest checkpoint and gives the same result as an uninterrupted run.
@@ -33,20 +38,27 @@ from jnas.benchmark import PREFIX, Benchmark
 from jnas.io import atomic_write, write_json
 from jnas.plotting import plot_alpha, plot_curves
 from jnas.robust import EIGENVALUE, darts_es
-from jnas.search import Search, SearchConfig
+from jnas.search import Search, SearchConfig, trains_alpha
+from jnas.selection import check_batch_size, uniform_selection
 from jnas.sharding import data_mesh, is_main_process, local_rows, put_batch
 
 RESULT_FILES = ("genotype.json, genotype.png, alphas.npz, alphas.png, metrics.jsonl, "
                 "config.json, checkpoints/ (the newest two)")
+# A search that trains no alpha (RSPS) selects its architecture instead.
+SELECTION_FILES = ("genotype.json, genotype.png, selection.json, metrics.jsonl, config.json, "
+                   "checkpoints/ (the newest two)")
 
 
 def write_architecture(save: str, space, relaxation, alpha, arch, title: str) -> None:
-    """genotype.json, alphas.npz, genotype.png and alphas.png of `alpha` and its `arch`."""
-    alpha = {k: np.asarray(v) for k, v in jax.device_get(alpha).items()}
+    """genotype.json and genotype.png of `arch`; alphas.npz and alphas.png of the `alpha` it
+    was derived from, unless `alpha` is None (a selected architecture)."""
     write_json(os.path.join(save, "genotype.json"), space.to_dict(arch))
+    space.draw(arch, os.path.join(save, "genotype.png"), title=title)
+    if alpha is None:
+        return
+    alpha = {k: np.asarray(v) for k, v in jax.device_get(alpha).items()}
     with atomic_write(os.path.join(save, "alphas.npz"), "wb") as f:
         np.savez(f, **alpha)
-    space.draw(arch, os.path.join(save, "genotype.png"), title=title)
     plot_alpha(
         relaxation.op_weights(alpha),
         os.path.join(save, "alphas.png"),
@@ -78,7 +90,15 @@ class SearchJob:
         self.mesh = data_mesh(config.devices)
         self.mine = local_rows(self.mesh, config.batch_size)  # checks the split over devices
         self.search = Search(config, dataset.num_classes, self.steps_per_epoch, self.mesh)
+        self.selection = None
         self.steps = (self.search.step, self.search.eval_step)
+        if not trains_alpha(self.search.algorithm):
+            self.selection = uniform_selection(self.search)
+            check_batch_size(self.alpha_split, config.candidate_batch_size,
+                             "candidate_batch_size")
+            self.select_rows = local_rows(self.mesh, config.candidate_batch_size,
+                                          "candidate_batch_size")
+            self.steps = (self.search.step, self.selection.step)
         if config.track_hessian:
             self.steps += (self.search.hessian_step,)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -120,22 +140,35 @@ class SearchJob:
 
     def row(self, state, epoch, means):
         s = self.search
-        valid_loss, valid_acc = loop.evaluate(s.eval_step, s.mesh, state, self.alpha_split,
-                                         self.config.batch_size)
         space = self.search.space
-        self.arch = self.search.derive(jax.device_get(self.search.relaxed(state)))
+        if self.selection is None:
+            valid_loss, valid_acc = loop.evaluate(s.eval_step, s.mesh, state, self.alpha_split,
+                                                  self.config.batch_size)
+            self.arch = self.search.derive(jax.device_get(self.search.relaxed(state)))
+            scored = {"valid_loss": valid_loss, "valid_acc": valid_acc}
+        else:
+            scored = self.select(state, epoch)
         looked_up = {}
         if self.benchmark is not None:
             looked_up = self.benchmark.lookup(space.benchmark_key(self.arch))
         if self.config.track_hessian:
             looked_up[EIGENVALUE] = self.hessian(state, epoch)
-        return {
-            **means,
-            "valid_loss": valid_loss,
-            "valid_acc": valid_acc,
-            "genotype": space.to_dict(self.arch),
-            **looked_up,
-        }
+        return {**means, **scored, "genotype": space.to_dict(self.arch), **looked_up}
+
+    def select(self, state, epoch) -> dict:
+        """The epoch's architecture, the best of `candidates` uniformly drawn ones scored with
+        the shared weights (`jnas.selection`); its scores, and the candidates' mean."""
+        cfg = self.config
+        key = jax.random.fold_in(jax.random.fold_in(self.init_key, epoch), 1)
+        scores = self.selection(state.params, state.batch_stats, None, key, self.alpha_split,
+                                candidates=cfg.candidates, seed=cfg.seed, draw=(epoch,),
+                                rows=self.select_rows)
+        best = scores.best()
+        self.arch = scores.architecture(self.search.space, best)
+        self.table = scores.table(self.search.space)
+        return {"select_loss": float(scores.losses[best]),
+                "select_acc": float(scores.accuracies[best]),
+                "candidates_acc": float(np.mean(scores.accuracies))}
 
     def hessian(self, state, epoch) -> float:
         """The eigenvalue on the epoch's first batch of the architecture's half (the official
@@ -163,8 +196,12 @@ class SearchJob:
     def write(self, state, rows):
         s = self.search
         title = f"epoch {rows[-1].get('early_stop', rows[-1]['epoch'])}"
-        write_architecture(self.config.save, s.space, s.relaxation, s.relaxed(state), self.arch,
-                           title)
+        if self.selection is not None:
+            title = f"best of {self.config.candidates} drawn, {title}"
+            write_json(os.path.join(self.config.save, "selection.json"),
+                       {"epoch": rows[-1]["epoch"], "candidates": self.table})
+        alpha = None if self.selection is not None else s.relaxed(state)
+        write_architecture(self.config.save, s.space, s.relaxation, alpha, self.arch, title)
         if self.config.track_hessian:
             plot_curves(rows, os.path.join(self.config.save, "hessian.png"), "epoch",
                         [EIGENVALUE], title="dominant eigenvalue of the Hessian in alpha")
@@ -173,8 +210,9 @@ class SearchJob:
         return True
 
     def summary(self, row):
-        return loop.summary_line(row, "epoch", ("train_loss", "train_acc", "valid_loss",
-                                                "valid_acc"))
+        scored = ("valid_loss", "valid_acc") if self.selection is None else ("select_acc",
+                                                                            "candidates_acc")
+        return loop.summary_line(row, "epoch", ("train_loss", "train_acc", *scored))
 
     def finish(self, state, rows):
         if rows and is_main_process():
@@ -190,7 +228,8 @@ class SearchJob:
                       + ", ".join(f"{k[len(PREFIX):]} {v:.2f}" for k, v in found.items()))
             arch = space.from_dict(kept["genotype"])
             print(f"derived architecture: {space.to_string(arch)}")
-            print(f"files in {self.config.save}: {RESULT_FILES}", flush=True)
+            files = RESULT_FILES if self.selection is None else SELECTION_FILES
+            print(f"files in {self.config.save}: {files}", flush=True)
         return {"rows": rows, "state": state}
 
 

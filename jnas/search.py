@@ -40,7 +40,8 @@ class SearchConfig:
     `relaxation` None is the algorithm's; `primitives` None is the space's candidate ops;
     `tau_max`/`tau_min` None are the relaxation's (GDAS 10 -> 0.1, SNAS 1 -> 0.03), as are
     `w01`/`op_threshold` (FairDARTS's 10 and 0.85). `lam` is
-    MiLeNAS's weight of the validation loss; `second_order` and `hessian` are DARTS's.
+    MiLeNAS's weight of the validation loss; `second_order` and `hessian` are DARTS's;
+    `candidates` and `candidate_batch_size` are RSPS's selection (`jnas.selection`).
     `init_channels`, `layers`, `nodes` and `fix_reduction` shape the DARTS space,
     `init_channels` and `cells_per_stage` the NAS-Bench-201 one.
     """
@@ -113,6 +114,11 @@ class SearchConfig:
     es_lag: int = option(5, "DARTS-ES: k, the epochs between the two compared averages")
     es_ratio: float = option(0.75, "DARTS-ES: stop when avg(i - k) / avg(i) falls below it")
     es_start_epoch: int = option(10, "DARTS-ES: the earliest epoch whose architecture it keeps")
+    candidates: int = option(
+        100, "RSPS: architectures drawn uniformly after each epoch and scored with the shared "
+        "weights, each on its own validation batch; the best is the epoch's architecture"
+    )
+    candidate_batch_size: int = option(512, "RSPS: validation images that score a candidate")
     benchmark: str | None = option(
         None, "NAS-Bench-201: a NATS-Bench file or folder (pip install \"jnas[nats]\"), or a "
         "CSV with an arch column; every epoch's derived cell is looked up in it"
@@ -143,6 +149,14 @@ class SearchConfig:
         if self.hessian not in ("exact", "finite_difference"):
             raise JnasError(f"`hessian` must be exact or finite_difference, got {self.hessian!r}")
         algo = algorithm(self.algorithm)
+        for name in ("candidates", "candidate_batch_size"):
+            if getattr(self, name) < 1:
+                raise JnasError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if not trains_alpha(algo):
+            for name in ALPHA_SETTINGS:
+                if getattr(self, name) != _CONFIG_DEFAULTS[name]:
+                    raise JnasError(f"`{name}` is a setting of alpha's training; "
+                                    f"{self.algorithm} trains no alpha: leave it unset")
         # An option of another algorithm (its default means "unused") is not ignored.
         for name in sorted({o for a in ALGORITHMS.values() for o in a.options}):
             if getattr(self, name) != _CONFIG_DEFAULTS[name] and name not in algo.options:
@@ -164,6 +178,16 @@ class SearchConfig:
 
 
 _CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+# The settings that only a search which updates alpha reads.
+ALPHA_SETTINGS = ("arch_learning_rate", "arch_weight_decay", "arch_beta1", "warmup_epochs",
+                  "track_hessian", "early_stop")
+
+
+def trains_alpha(algo) -> bool:
+    """Whether the algorithm's steps update alpha (an "arch" or "joint" phase). One that does
+    not (RSPS) has nothing to derive from alpha: its architecture is selected by scoring
+    sampled ones with the shared weights (`jnas.selection`)."""
+    return bool({"arch", "joint"} & set(algo.order))
 
 
 def search_space(config: SearchConfig) -> Space:
@@ -174,7 +198,7 @@ def search_space(config: SearchConfig) -> Space:
 def relaxation_options() -> tuple[str, ...]:
     """The SearchConfig fields that are some relaxation's parameters."""
     fields = {f.name for c in RELAXATIONS.values() for f in dataclasses.fields(c)}
-    return tuple(sorted(fields - {"epochs", "incoming"}))
+    return tuple(sorted(fields - {"epochs", "incoming", "space"}))  # the space's, not settings
 
 
 def search_relaxation(config: SearchConfig) -> Relaxation:
@@ -182,8 +206,12 @@ def search_relaxation(config: SearchConfig) -> Relaxation:
     (None: the relaxation's default)."""
     name = config.relaxation or algorithm(config.algorithm).relaxation
     params = {f: getattr(config, f) for f in relaxation_options()}
-    return make_relaxation(name, config.epochs, incoming=search_space(config).incoming(),
-                           **params)
+    space = search_space(config)
+    relaxation = make_relaxation(name, config.epochs, incoming=space.incoming(), **params)
+    # A sampler of discrete cells (RSPS's uniform one) builds them by the space's rules.
+    if "space" in {f.name for f in dataclasses.fields(relaxation)}:
+        relaxation = dataclasses.replace(relaxation, space=space)
+    return relaxation
 
 
 class SearchState(NamedTuple):
@@ -325,9 +353,8 @@ class Search:
             relax_state=self.relaxation.update_state(self.relaxed(state), epoch)
         )
         metrics = {
-            "train_loss": metrics["train_loss"],
-            "train_acc": metrics["train_acc"],
-            "arch_loss": metrics["arch_loss"],
+            # An order without an architecture phase (RSPS) has no arch_loss.
+            **{k: metrics[k] for k in ("train_loss", "train_acc", "arch_loss") if k in metrics},
             "lr": lr,
             **self.relaxation.metrics(self.relaxed(state), epoch),
         }

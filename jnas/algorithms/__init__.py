@@ -9,6 +9,7 @@ from jnas.algorithms import (  # noqa: F401  (registration)
     pcdarts,
     proxyless,
     rdarts,
+    rsps,
     snas,
 )
 from jnas.algorithms.base import ALGORITHMS, Algorithm, ArchContext, algorithm, register

@@ -8,6 +8,7 @@ from jnas.relax import (  # noqa: F401  (registration)
     proxyless,
     snas,
     softmax,
+    uniform,
 )
 from jnas.relax.base import RELAXATIONS, Relaxation, make_relaxation, register
 

@@ -200,10 +200,13 @@ class ResNetBlock(nn.Module):
         return x + y
 
 
-def _skeleton(x, channels: int, cells_per_stage: int, num_classes: int, train: bool, cell, *args):
+def _skeleton(module: nn.Module, x, channels: int, cells_per_stage: int, num_classes: int,
+              train: bool, cell, *args):
     """The benchmark's macro skeleton around the cells `cell(channels, name)`, each called as
     `cell(x, *args)`: stem, 3 stages of N scanned cells joined by ResNet blocks, BN-ReLU, global
-    average pooling, classifier. Called inside a compact method, so its modules are the caller's.
+    average pooling, classifier. Called inside `module`'s compact method, so its modules are
+    `module`'s; the pooled features (the classifier's input) are sown into `module`'s
+    "intermediates" collection as "features" (read them with that collection mutable).
     """
     c = channels
     x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="stem")(x)
@@ -220,7 +223,9 @@ def _skeleton(x, channels: int, cells_per_stage: int, num_classes: int, train: b
             length=cells_per_stage,
         )(cell(c, f"cells_{stage}"), x, *args)
     x = nn.relu(batch_norm(train, affine=True)(x))  # BatchNorm_1
-    return nn.Dense(num_classes, name="classifier")(jnp.mean(x, axis=(1, 2)))
+    features = jnp.mean(x, axis=(1, 2))
+    module.sow("intermediates", "features", features)
+    return nn.Dense(num_classes, name="classifier")(features)
 
 
 def _check_images(x):
@@ -262,8 +267,8 @@ class NB201Network(nn.Module):
             return NB201Cell(c, space.primitives, self.train, self.partial_channels, name=name)
 
         w, i = weights["cell"], None if index is None else index["cell"]
-        return _skeleton(x, self.channels, self.cells_per_stage, self.num_classes, self.train,
-                         cell, w, i)
+        return _skeleton(self, x, self.channels, self.cells_per_stage, self.num_classes,
+                         self.train, cell, w, i)
 
 
 class NB201EvalCell(nn.Module):
@@ -295,7 +300,8 @@ class NB201EvalNetwork(nn.Module):
     """The benchmark's discrete network (xautodl `TinyNetwork`): the search network's skeleton,
     parameter names included, around N copies of one discrete cell. Called as
     `model.apply(variables, x, mutable=["batch_stats"])` -> `(logits, None)`: it has no
-    auxiliary head and no drop path."""
+    auxiliary head and no drop path. With "intermediates" mutable too, the updates hold
+    `intermediates["features"] == (pooled,)`, the (batch, 4C) input of the classifier."""
 
     arch: tuple[str, ...]
     num_classes: int
@@ -311,7 +317,7 @@ class NB201EvalNetwork(nn.Module):
         def cell(c, name):
             return NB201EvalCell(self.arch, c, self.train, name=name)
 
-        logits = _skeleton(x, self.channels, self.cells_per_stage, self.num_classes,
+        logits = _skeleton(self, x, self.channels, self.cells_per_stage, self.num_classes,
                            self.train, cell)
         return logits, None
 
@@ -340,7 +346,7 @@ class NB201Space(base.Space):
         "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001,
         "weight_decay": 5e-4, "nesterov": True, "epochs": 50, "primitives": None,
     }
-    search_defaults: ClassVar[dict[str, dict]] = {"gdas": {"epochs": 250}}
+    search_defaults: ClassVar[dict[str, dict]] = {"gdas": {"epochs": 250}, "rsps": {"epochs": 250}}
     # The benchmark's training (AutoDL-Projects f46486e, configs/nas-benchmark/CIFAR.config:
     # SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4, batch 256, 200 epochs, cosine to 0
     # stepped per epoch, procedures/optimizers.py L81-107; crop and flip, no cutout, no
