@@ -47,6 +47,7 @@ class Benchmark:
         columns: tuple[str, ...],
         table: dict[str, dict[str, float]] | None = None,
         query: Callable[[str], dict[str, float] | None] | None = None,
+        archs: Callable[[], list[str]] | None = None,
     ):
         if (table is None) == (query is None):
             raise JnasError("a Benchmark needs exactly one of `table` and `query`")
@@ -54,6 +55,7 @@ class Benchmark:
         self.columns = tuple(columns)
         self._table = table
         self._query = query
+        self._archs = archs  # a queried benchmark's architecture strings, for `best`
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Benchmark:
@@ -162,7 +164,8 @@ class Benchmark:
                 for dataset, column in NATS_DATASETS.items()
             }
 
-        return cls(str(path), tuple(NATS_DATASETS.values()), query=query)
+        return cls(str(path), tuple(NATS_DATASETS.values()), query=query,
+                   archs=lambda: [api.arch(i) for i in range(len(api))])
 
     def __len__(self) -> int:
         if self._table is None:
@@ -177,6 +180,18 @@ class Benchmark:
 
     def _get(self, arch: str) -> dict[str, float] | None:
         return self._table.get(arch) if self._table is not None else self._query(arch)
+
+    def best(self, column: str) -> tuple[str, float]:
+        """(architecture, value) of the highest `column` value over the whole benchmark, the
+        first in the benchmark's order on a tie. A NATS-Bench source is queried for each of
+        its 15,625 architectures."""
+        if column not in self.columns:
+            raise JnasError(f"`column` {column!r} is not a metric of the benchmark "
+                            f"{self.source!r}; its metrics: {', '.join(self.columns)}")
+        archs = list(self._table) if self._table is not None else self._archs()
+        values = [self._get(arch)[column] for arch in archs]
+        at = max(range(len(values)), key=lambda i: (values[i], -i))
+        return archs[at], values[at]
 
     def lookup(self, arch) -> dict[str, float]:
         """`{"benchmark_<column>": value}` for the architecture string (or 6-tuple of op

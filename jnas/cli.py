@@ -17,9 +17,11 @@ import threading
 import jax
 
 from jnas.algorithms import ALGORITHMS, algorithm
+from jnas.enas import EnasConfig, run_enas
 from jnas.errors import JnasError
 from jnas.evaluation import TrainConfig, run_train
 from jnas.fednas import STAGES, UNFEDERATED, FedConfig, local_defaults, run_fednas
+from jnas.hpo import HPOConfig, run_hpo
 from jnas.io import WRITING
 from jnas.meta import MetaConfig
 from jnas.meta_runner import run_meta
@@ -27,6 +29,7 @@ from jnas.runner import run_search
 from jnas.search import SearchConfig
 from jnas.sharding import initialize_distributed
 from jnas.spaces import SPACES
+from jnas.table_search import TableSearchConfig, run_table_search
 
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla")
 
@@ -179,6 +182,16 @@ def train_main(doc: str, argv=None) -> int:
     return _main(lambda argv: train_config(doc, argv), run_train, TrainConfig, argv)
 
 
+def hpo_config(doc: str, argv=None):
+    """(HPOConfig, script flags) of experiments/hpo.py's command line."""
+    return _config(HPOConfig, config_parser(doc, HPOConfig()), argv)
+
+
+def hpo_main(doc: str, argv=None) -> int:
+    """experiments/hpo.py's main; 2 on a JnasError."""
+    return _main(lambda argv: hpo_config(doc, argv), run_hpo, HPOConfig, argv)
+
+
 def fednas_config(doc: str, argv=None):
     """(FedConfig, script flags) of experiments/fednas.py's command line: `--stage` and
     `--space` choose the local defaults (`jnas.fednas.local_defaults`), `--local_epochs` is
@@ -218,6 +231,17 @@ def fednas_main(doc: str, argv=None) -> int:
     """experiments/fednas.py's main; 2 on a JnasError."""
     return _main(lambda argv: fednas_config(doc, argv), run_fednas,
                  (FedConfig, SearchConfig, TrainConfig), argv)
+
+
+def table_search_config(doc: str, argv=None):
+    """(TableSearchConfig, script flags) of experiments/table_search.py's command line."""
+    return _config(TableSearchConfig, config_parser(doc, TableSearchConfig()), argv)
+
+
+def table_search_main(doc: str, argv=None) -> int:
+    """experiments/table_search.py's main; 2 on a JnasError."""
+    return _main(lambda argv: table_search_config(doc, argv), run_table_search,
+                 TableSearchConfig, argv)
 
 
 def _first_pass(argv, flag: str, default: str, choices=None) -> str:
@@ -313,3 +337,15 @@ def stop_on_interrupt() -> None:
             os._exit(130)
 
     threading.Thread(target=watch, name="jnas-interrupt", daemon=True).start()
+
+
+def enas_config(doc: str, argv=None):
+    """(EnasConfig, script flags) of experiments/enas.py's command line: `--space` chooses
+    the defaults (`EnasConfig.published`), the other flags override them."""
+    space = _first_pass(argv, "--space", "darts", choices=tuple(SPACES))
+    return _config(EnasConfig, config_parser(doc, EnasConfig.published(space)), argv)
+
+
+def enas_main(doc: str, argv=None) -> int:
+    """experiments/enas.py's main; 2 on a JnasError."""
+    return _main(lambda argv: enas_config(doc, argv), run_enas, EnasConfig, argv)

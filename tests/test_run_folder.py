@@ -22,7 +22,8 @@ from jnas.search import SearchConfig
 from tests.common import EPOCHS, ROOT, TINY, load_script, read_metrics
 
 darts = load_script("darts")
-SCRIPTS = ("darts", "gdas", "milenas", "snas", "tnas", "train")
+SCRIPTS = ("darts", "gdas", "milenas", "snas", "tnas", "train", "rsps", "enas", "hpo",
+           "table_search")
 
 
 def error_of(capsys, *args):
@@ -60,13 +61,13 @@ def test_every_documented_command_has_valid_settings(tmp_path):
     genotype = jnas.save_genotype(jnas.DARTS_V2, tmp_path / "genotype.json")
     commands = list(_commands())
     assert len(commands) > 15
+    configs = {"tnas": cli.meta_config, "train": cli.train_config, "enas": cli.enas_config,
+               "hpo": cli.hpo_config, "table_search": cli.table_search_config}
     for script, argv in commands:
-        if script == "tnas":
-            cli.meta_config("", argv)
-        elif script == "train":
-            # A search's genotype.json: written here, the command assumes a search ran.
-            argv = [str(genotype) if a.endswith(".json") else a for a in argv]
-            cli.train_config("", argv)
+        # A search's genotype.json: written here, the command assumes a search ran.
+        argv = [str(genotype) if a.endswith(".json") else a for a in argv]
+        if script in configs:
+            configs[script]("", argv)
         else:
             extra = load_script(script).gdas_flag if script == "milenas" else None
             cli.search_config(script, "", argv, extra)
@@ -114,7 +115,7 @@ def test_every_flag_has_help_and_shows_its_default(script, capsys):
     # A default is shown unless the help says what its absence means.
     flags = ("--seed", "--save", "--ops", "--layers", "--init_channels")
     checked = [o for o in options if o.split()[0].rstrip(",") in flags]
-    assert len(checked) >= 4  # train.py has no --ops
+    assert {"--seed", "--save"} <= {o.split()[0].rstrip(",") for o in checked}
     for option in checked:
         assert "(default:" in " ".join(option.split()), option
     # The usage examples keep their line breaks (the scripts' docstrings are raw).
@@ -255,3 +256,16 @@ def test_ctrl_c_stops_a_run_while_compiling_and_during_an_epoch(tmp_path):
     assert "run once in" in out
     assert rc == 130 and "Traceback" not in err, err
     _no_half_files(tmp_path / "b")
+
+
+def test_a_setting_added_since_a_run_was_saved_reads_as_its_default(tmp_path):
+    from jnas.evaluation import TrainConfig
+    from jnas.loop import check_resumable, config_dict
+
+    path = tmp_path / "config.json"
+    saved = config_dict(TrainConfig(save=str(tmp_path)))
+    del saved["lr_schedule"]  # a run saved before the field existed
+    path.write_text(json.dumps(saved))
+    check_resumable(TrainConfig(save=str(tmp_path)), str(path))
+    with pytest.raises(jnas.JnasError, match=r"`lr_schedule`: 'cosine' -> 'linear'"):
+        check_resumable(TrainConfig(save=str(tmp_path), lr_schedule="linear"), str(path))
