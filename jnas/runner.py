@@ -68,6 +68,71 @@ def write_architecture(save: str, space, relaxation, alpha, arch, title: str) ->
     )
 
 
+class Derived:
+    """Where a search that trains alpha gets its architecture: derived from alpha after each
+    epoch and evaluated on the architecture's half."""
+
+    files = RESULT_FILES
+    scores = ("valid_loss", "valid_acc")
+
+    def __init__(self, job):
+        self.job = job
+        self.step = job.search.eval_step
+
+    def choose(self, state, epoch):
+        """(the architecture, its row entries)."""
+        job, s = self.job, self.job.search
+        valid_loss, valid_acc = loop.evaluate(s.eval_step, s.mesh, state, job.alpha_split,
+                                              job.config.batch_size)
+        return s.derive(jax.device_get(s.relaxed(state))), {"valid_loss": valid_loss,
+                                                             "valid_acc": valid_acc}
+
+    def write(self, state, rows, arch, title):
+        s = self.job.search
+        write_architecture(self.job.config.save, s.space, s.relaxation, s.relaxed(state), arch,
+                           title)
+
+
+class Selected:
+    """Where a search that trains no alpha (RSPS) gets its architecture: after each epoch the
+    best of `candidates` uniformly drawn ones scored with the shared weights
+    (`jnas.selection`)."""
+
+    files = SELECTION_FILES
+    scores = ("select_acc", "candidates_acc")
+
+    def __init__(self, job):
+        cfg = job.config
+        self.job = job
+        self.selection = uniform_selection(job.search)
+        check_batch_size(job.alpha_split, cfg.candidate_batch_size, "candidate_batch_size")
+        self.rows = local_rows(job.mesh, cfg.candidate_batch_size, "candidate_batch_size")
+        self.step = self.selection.step
+        self.table = []
+
+    def choose(self, state, epoch):
+        """(the best candidate, its scores and the candidates' mean accuracy)."""
+        job, cfg = self.job, self.job.config
+        key = jax.random.fold_in(jax.random.fold_in(job.init_key, epoch), 1)
+        scores = self.selection(state.params, state.batch_stats, None, key, job.alpha_split,
+                                candidates=cfg.candidates, seed=cfg.seed, draw=(epoch,),
+                                rows=self.rows)
+        best = scores.best()
+        self.table = scores.table(job.search.space)
+        return scores.architecture(job.search.space, best), {
+            "select_loss": float(scores.losses[best]),
+            "select_acc": float(scores.accuracies[best]),
+            "candidates_acc": float(np.mean(scores.accuracies)),
+        }
+
+    def write(self, state, rows, arch, title):
+        job = self.job
+        write_json(os.path.join(job.config.save, "selection.json"),
+                   {"epoch": rows[-1]["epoch"], "candidates": self.table})
+        write_architecture(job.config.save, job.search.space, job.search.relaxation, None, arch,
+                           f"best of {job.config.candidates} drawn, {title}")
+
+
 class SearchJob:
     """One search: epochs of (train batch, validation batch) steps, evaluated on the
     architecture's half after each epoch."""
@@ -90,15 +155,8 @@ class SearchJob:
         self.mesh = data_mesh(config.devices)
         self.mine = local_rows(self.mesh, config.batch_size)  # checks the split over devices
         self.search = Search(config, dataset.num_classes, self.steps_per_epoch, self.mesh)
-        self.selection = None
-        self.steps = (self.search.step, self.search.eval_step)
-        if not trains_alpha(self.search.algorithm):
-            self.selection = uniform_selection(self.search)
-            check_batch_size(self.alpha_split, config.candidate_batch_size,
-                             "candidate_batch_size")
-            self.select_rows = local_rows(self.mesh, config.candidate_batch_size,
-                                          "candidate_batch_size")
-            self.steps = (self.search.step, self.selection.step)
+        self.source = (Derived if trains_alpha(self.search.algorithm) else Selected)(self)
+        self.steps = (self.search.step, self.source.step)
         if config.track_hessian:
             self.steps += (self.search.hessian_step,)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -139,36 +197,14 @@ class SearchJob:
         )
 
     def row(self, state, epoch, means):
-        s = self.search
         space = self.search.space
-        if self.selection is None:
-            valid_loss, valid_acc = loop.evaluate(s.eval_step, s.mesh, state, self.alpha_split,
-                                                  self.config.batch_size)
-            self.arch = self.search.derive(jax.device_get(self.search.relaxed(state)))
-            scored = {"valid_loss": valid_loss, "valid_acc": valid_acc}
-        else:
-            scored = self.select(state, epoch)
+        self.arch, scored = self.source.choose(state, epoch)
         looked_up = {}
         if self.benchmark is not None:
             looked_up = self.benchmark.lookup(space.benchmark_key(self.arch))
         if self.config.track_hessian:
             looked_up[EIGENVALUE] = self.hessian(state, epoch)
         return {**means, **scored, "genotype": space.to_dict(self.arch), **looked_up}
-
-    def select(self, state, epoch) -> dict:
-        """The epoch's architecture, the best of `candidates` uniformly drawn ones scored with
-        the shared weights (`jnas.selection`); its scores, and the candidates' mean."""
-        cfg = self.config
-        key = jax.random.fold_in(jax.random.fold_in(self.init_key, epoch), 1)
-        scores = self.selection(state.params, state.batch_stats, None, key, self.alpha_split,
-                                candidates=cfg.candidates, seed=cfg.seed, draw=(epoch,),
-                                rows=self.select_rows)
-        best = scores.best()
-        self.arch = scores.architecture(self.search.space, best)
-        self.table = scores.table(self.search.space)
-        return {"select_loss": float(scores.losses[best]),
-                "select_acc": float(scores.accuracies[best]),
-                "candidates_acc": float(np.mean(scores.accuracies))}
 
     def hessian(self, state, epoch) -> float:
         """The eigenvalue on the epoch's first batch of the architecture's half (the official
@@ -194,14 +230,8 @@ class SearchJob:
         return True
 
     def write(self, state, rows):
-        s = self.search
         title = f"epoch {rows[-1].get('early_stop', rows[-1]['epoch'])}"
-        if self.selection is not None:
-            title = f"best of {self.config.candidates} drawn, {title}"
-            write_json(os.path.join(self.config.save, "selection.json"),
-                       {"epoch": rows[-1]["epoch"], "candidates": self.table})
-        alpha = None if self.selection is not None else s.relaxed(state)
-        write_architecture(self.config.save, s.space, s.relaxation, alpha, self.arch, title)
+        self.source.write(state, rows, self.arch, title)
         if self.config.track_hessian:
             plot_curves(rows, os.path.join(self.config.save, "hessian.png"), "epoch",
                         [EIGENVALUE], title="dominant eigenvalue of the Hessian in alpha")
@@ -210,9 +240,7 @@ class SearchJob:
         return True
 
     def summary(self, row):
-        scored = ("valid_loss", "valid_acc") if self.selection is None else ("select_acc",
-                                                                            "candidates_acc")
-        return loop.summary_line(row, "epoch", ("train_loss", "train_acc", *scored))
+        return loop.summary_line(row, "epoch", ("train_loss", "train_acc", *self.source.scores))
 
     def finish(self, state, rows):
         if rows and is_main_process():
@@ -228,8 +256,7 @@ class SearchJob:
                       + ", ".join(f"{k[len(PREFIX):]} {v:.2f}" for k, v in found.items()))
             arch = space.from_dict(kept["genotype"])
             print(f"derived architecture: {space.to_string(arch)}")
-            files = RESULT_FILES if self.selection is None else SELECTION_FILES
-            print(f"files in {self.config.save}: {files}", flush=True)
+            print(f"files in {self.config.save}: {self.source.files}", flush=True)
         return {"rows": rows, "state": state}
 
 
